@@ -1,0 +1,152 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaehelpers import data as data_module
+from vaehelpers.data import batches, load_images, split_indices
+
+
+def _save(path, array, **kw):
+    Image.fromarray(array).save(path, **kw)
+    return path
+
+
+def _one(folder, image_size=16):
+    loaded = load_images(folder, image_size)
+    assert loaded.images.dtype == torch.uint8 and loaded.images.shape[1:] == (3, image_size, image_size)
+    return loaded
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere, transparent on the left half, opaque on the right
+    rgba[:, 8:, 3] = 255
+    _save(tmp_path / "a.png", rgba)
+    img = _one(tmp_path).images[0]
+    assert img[:, :, :6].min() == 255  # transparent: white
+    assert img[:, :, 10:].tolist() == torch.tensor([255, 0, 0])[:, None, None].expand(3, 16, 6).tolist()
+
+
+def test_grey_is_expanded_to_three_equal_channels(tmp_path):
+    _save(tmp_path / "g.png", np.full((16, 16), 77, np.uint8))
+    img = _one(tmp_path).images[0]
+    assert (img == 77).all()
+
+
+def test_non_square_is_centre_cropped(tmp_path):
+    wide = np.zeros((16, 48, 3), np.uint8)
+    wide[:, 16:32] = 200  # only the centre square is bright
+    _save(tmp_path / "w.jpg", wide, quality=100)
+    img = _one(tmp_path).images[0].int()
+    assert img.min() > 180
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    _save(tmp_path / "deep.png", np.full((16, 16), 32768, np.uint16))
+    img = _one(tmp_path).images[0]
+    assert (img == 128).all()
+
+
+def test_resize_uses_antialiasing(tmp_path):
+    checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    _save(tmp_path / "c.png", np.stack([checker] * 3, -1))
+    img = _one(tmp_path).images[0].int()
+    assert (img - 128).abs().max() <= 2  # averaged, not aliased to black or white
+
+
+def test_formats_and_corrupt_and_non_image_files_are_counted(tmp_path):
+    face = (np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)
+    for ext in ("png", "jpg", "webp", "bmp"):
+        _save(tmp_path / f"ok.{ext}", face)
+    (tmp_path / "sub").mkdir()
+    _save(tmp_path / "sub" / "nested.png", face)
+    good = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "fake.jpg").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match=r"Skipped 3 of 8 files .* 2 unreadable .* 1 not images") as record:
+        loaded = _one(tmp_path)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    assert len(loaded) == 5 and loaded.skipped == 3
+
+
+def test_empty_folder_and_missing_path_name_the_path(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path}.*empty"):
+        load_images(tmp_path)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        load_images(missing)
+    (tmp_path / "only.txt").write_text("x")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="No readable images"):
+        load_images(tmp_path)
+
+
+def test_npz_of_the_course_shape_loads_as_is(tmp_path):
+    array = (np.random.default_rng(0).random((5, 64, 64, 3)) * 255).astype(np.uint8)
+    np.savez_compressed(tmp_path / "animation.npz", array)
+    loaded = load_images(tmp_path / "animation.npz", 64)
+    assert loaded.images.shape == (5, 3, 64, 64)
+    assert torch.equal(loaded.images, torch.from_numpy(array).permute(0, 3, 1, 2))
+    np.save(tmp_path / "small.npy", array)
+    assert load_images(tmp_path / "small.npy", 32).images.shape == (5, 3, 32, 32)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((5, 64, 64), np.uint8), np.zeros((5, 3, 64, 64), np.uint8),
+                                 np.zeros((5, 64, 64, 3), np.float32)])
+def test_npz_of_the_wrong_shape_or_type_is_a_clear_error(tmp_path, bad):
+    np.savez(tmp_path / "bad.npz", images=bad)
+    with pytest.raises(ValueError, match=r"bad\.npz holds .*expected \(N, H, W, 3\) uint8"):
+        load_images(tmp_path / "bad.npz")
+
+
+def test_cache_hit_skips_decoding_and_a_changed_file_misses(tmp_path, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(30):
+        _save(folder / f"{i}.png", np.full((40, 40, 3), i, np.uint8))
+    first = load_images(folder, 32)
+    calls = []
+    real_decode = data_module.decode_file
+    monkeypatch.setattr(data_module, "decode_file", lambda p: calls.append(p) or real_decode(p))
+    second = load_images(folder, 32)
+    assert calls == [] and torch.equal(first.images, second.images)
+    _save(folder / "0.png", np.full((40, 40, 3), 250, np.uint8))  # new content, new size
+    third = load_images(folder, 32)
+    assert len(calls) == 30 and third.images[0].min() == 250
+
+
+def test_second_load_is_at_least_20_times_faster():
+    started = time.perf_counter()
+    first = load_images("builtin:3000", 64)
+    first_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    second = load_images("builtin:3000", 64)
+    second_seconds = time.perf_counter() - started
+    assert torch.equal(first.images, second.images) and first.factors.keys() == second.factors.keys()
+    assert second_seconds * 20 < first_seconds, (first_seconds, second_seconds)
+
+
+def test_builtin_source_names():
+    assert len(load_images("builtin:12", 32)) == 12
+    with pytest.raises(ValueError, match="builtin:N"):
+        load_images("builtin:many")
+
+
+def test_split_is_seeded_disjoint_and_five_percent():
+    train, val = split_indices(1000, 0.05, seed=3)
+    assert len(val) == 50 and len(train) == 950
+    assert set(train.tolist()).isdisjoint(val.tolist()) and len(set(train.tolist()) | set(val.tolist())) == 1000
+    assert torch.equal(split_indices(1000, 0.05, seed=3)[1], val)
+    assert not torch.equal(split_indices(1000, 0.05, seed=4)[1], val)
+
+
+def test_batches_cover_every_image_once_as_floats():
+    images = torch.arange(7 * 3 * 2 * 2, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(7, 3, 2, 2)
+    got = list(batches(images, 3, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert [len(b) for b in got] == [3, 3, 1]
+    assert all(b.dtype == torch.float32 and 0 <= b.min() and b.max() <= 1 for b in got)
+    stacked = torch.cat(got)
+    assert sorted((stacked * 255).round().flatten(1).sum(1).tolist()) == sorted(images.flatten(1).float().sum(1).tolist())

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+
+from vaehelpers.train import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, fit, load_run
+
+TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
+            val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
+
+
+def _without_time(history):
+    return {k: v for k, v in history.items() if k != "seconds"}
+
+
+def test_run_folder_holds_config_history_snapshots_and_weights(tmp_path):
+    run = fit(runs_dir=tmp_path, progress=False, **TINY)
+    assert run.finished and run.epochs_done == 3
+    assert {p.name for p in run.dir.iterdir()} == {"config.json", "history.csv", "snapshots.pt", "checkpoint.pt"}
+    info = json.loads((run.dir / "config.json").read_text())
+    assert info["split"]["val"] == 12 and len(info["split"]["val_indices"]) == 12
+    assert list(run.history) == HISTORY_COLUMNS and run.history["epoch"] == [1, 2, 3]
+    assert sorted(run.snapshots["epochs"]) == [1, 3]
+    assert run.snapshots["epochs"][3]["recon"].shape == (4, 3, 32, 32)
+    assert run.snapshots["epochs"][3]["samples"].dtype == torch.uint8
+    h = run.history
+    for split in ("train", "val"):  # the columns obey the stated conventions
+        for i in range(3):
+            assert h[f"{split}_objective"][i] == pytest.approx(h[f"{split}_recon"][i] + h[f"{split}_kl"][i], rel=1e-5)
+            assert h[f"{split}_neg_elbo"][i] == pytest.approx(h[f"{split}_recon"][i] + h[f"{split}_kl"][i] + 3072 * 0.5723649, rel=1e-5)
+    assert h["val_neg_elbo"][-1] < h["val_neg_elbo"][0]  # it learns
+
+
+def test_same_seed_same_history_and_finished_run_is_reused(tmp_path):
+    a = fit(runs_dir=tmp_path / "a", progress=False, **TINY)
+    b = fit(runs_dir=tmp_path / "b", progress=False, **TINY)
+    assert _without_time(a.history) == _without_time(b.history)
+    c = fit(runs_dir=tmp_path / "a", progress=False, **dict(TINY, seed=1))
+    assert c.dir != a.dir and _without_time(c.history) != _without_time(a.history)
+    stamp = (a.dir / "checkpoint.pt").stat().st_mtime_ns
+    calls = []
+    again = fit(runs_dir=tmp_path / "a", progress=False, on_epoch_end=lambda e, row: calls.append(e), **TINY)
+    assert calls == [] and again.dir == a.dir and (a.dir / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_run_resumes_to_the_same_history(tmp_path):
+    whole = fit(runs_dir=tmp_path / "whole", progress=False, **TINY)
+
+    def interrupt(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, **TINY)
+    partial = load_run(next((tmp_path / "cut").iterdir()))
+    assert partial.epochs_done == 1 and not partial.finished
+    resumed_epochs = []
+    resumed = fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=lambda e, r: resumed_epochs.append(e), **TINY)
+    assert resumed_epochs == [2, 3]
+    assert _without_time(resumed.history) == _without_time(whole.history)
+    assert torch.equal(resumed.snapshots["epochs"][3]["samples"], whole.snapshots["epochs"][3]["samples"])
+
+
+def test_snapshot_epochs_default():
+    assert default_snapshot_epochs(100)[:3] == [5, 10, 15] and {10, 50, 100} <= set(default_snapshot_epochs(100))
+    assert default_snapshot_epochs(12) == [5, 10, 12]
+    assert default_snapshot_epochs(3) == [3]
+
+
+@pytest.mark.parametrize("bad", [dict(kl_weight=-1), dict(epochs=0), dict(lr=0), dict(val_fraction=1.5)])
+def test_bad_settings_are_clear_errors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RunConfig(**bad)

@@ -1,0 +1,13 @@
+"""Train, measure and report convolutional VAEs on images.
+
+See the README for the conventions (nats per image, the Gaussian constant, bits/dim).
+"""
+
+from .data import ImageSet, load_images, split_indices
+from .faces import make_faces
+from .model import ConvVAE
+from .objective import vae_loss
+from .train import Run, RunConfig, fit, load_run
+
+__all__ = ["ConvVAE", "ImageSet", "Run", "RunConfig", "fit", "load_images", "load_run", "make_faces",
+           "split_indices", "vae_loss"]

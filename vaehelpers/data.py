@@ -1,0 +1,290 @@
+"""Images in: load, preprocess, cache, split and batch.
+
+A source is one of
+  * ``None`` or ``"builtin"`` — the built-in procedural face set (``"builtin:N"`` for N faces);
+  * a folder — searched recursively for PNG, JPEG, WebP and BMP files;
+  * an ``.npz`` / ``.npy`` file — a uint8 array of shape (N, H, W, 3), such as the
+    course's ``animation.npz`` of shape (21551, 64, 64, 3).
+
+Every image is converted to RGB (alpha composited on white, grey expanded to three
+channels), centre-cropped to a square and resized with antialiasing to ``image_size``.
+The whole set is kept as one uint8 tensor N×3×S×S and cached on disk, keyed by the
+source's files (path, size and modification time of each) and the preprocessing settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from . import faces
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULT_BUILTIN_SIZE = 10_000
+PREPROCESS_VERSION = 1
+"""Bumped whenever preprocessing changes, so older caches are not reused."""
+
+
+@dataclass
+class ImageSet:
+    """A preprocessed image set held in memory.
+
+    ``images`` is uint8, N×3×S×S, values 0..255. ``factors`` holds the ground-truth
+    generative factors (one float32 array of length N each) for the built-in face set,
+    and is empty for other sources. ``skipped`` counts files that could not be used.
+    ``key`` identifies the source's files and the preprocessing (the cache key).
+    """
+
+    images: torch.Tensor
+    source: str
+    key: str
+    skipped: int = 0
+    factors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def default_cache_dir() -> Path:
+    """``$VAEHELPERS_CACHE`` if set, else ``~/.cache/vaehelpers``."""
+    return Path(os.environ.get("VAEHELPERS_CACHE", Path.home() / ".cache" / "vaehelpers"))
+
+
+def preprocess(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    """One decoded image (C×H×W, uint8 or float in [0, 1], C in 1..4) to uint8 3×S×S.
+
+    Grey is expanded to RGB, alpha is composited on white, the largest centred square is
+    cropped and resized to ``image_size`` with antialiasing.
+    """
+    return preprocess_batch(image.unsqueeze(0), image_size)[0]
+
+
+def preprocess_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Like :func:`preprocess` for a batch N×C×H×W of images of one size."""
+    if images.dtype == torch.uint8 and images.shape[1] == 3 and images.shape[-2:] == (image_size, image_size):
+        return images.contiguous()
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    channels = x.shape[1]
+    if channels in (2, 4):  # composite on white
+        alpha = x[:, -1:]
+        x = x[:, :-1] * alpha + (1.0 - alpha)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[1] != 3:
+        raise ValueError(f"Expected 1 to 4 channels per image, got {channels}.")
+    side = min(x.shape[-2:])
+    x = TF.center_crop(x, [side, side])
+    if side != image_size:
+        x = TF.resize(x, [image_size, image_size], antialias=True)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def decode_file(path: Path) -> torch.Tensor:
+    """Decode an image file with Pillow to C×H×W: uint8, or float in [0, 1] for 16-bit images.
+
+    (torchvision's own decoders are deprecated since 0.29; Pillow, which it depends on,
+    reads PNG, JPEG, WebP and BMP alike.) Raises ``ValueError`` for a corrupt, truncated
+    or non-image file.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes the whole file: a truncated one raises here
+            if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey
+                array = np.asarray(im, dtype=np.float32) / 65535.0
+            else:
+                if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                    im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+                array = np.asarray(im)
+    except Exception as e:  # Pillow raises many kinds of error for bad files
+        raise ValueError(f"cannot decode {path}: {e}") from e
+    return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1).copy()).permute(2, 0, 1)
+
+
+def _fingerprint(path: Path) -> list:
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _cache_key(description: dict) -> str:
+    text = json.dumps({**description, "preprocess_version": PREPROCESS_VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _load_folder(root: Path, image_size: int) -> tuple[torch.Tensor, int]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images, unreadable, not_image = [], [], []
+    for path in files:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            not_image.append(path)
+            continue
+        try:
+            images.append(preprocess(decode_file(path), image_size))
+        except ValueError:
+            unreadable.append(path)
+    skipped = len(unreadable) + len(not_image)
+    if skipped:
+        examples = ", ".join(p.name for p in (unreadable + not_image)[:3])
+        warnings.warn(
+            f"Skipped {skipped} of {len(files)} files in {root}: {len(unreadable)} unreadable "
+            f"(corrupt or truncated), {len(not_image)} not images (e.g. {examples}).",
+            stacklevel=3,
+        )
+    if not images:
+        raise ValueError(f"No readable images in {root}: add PNG, JPEG, WebP or BMP files to it or point to another folder.")
+    return torch.stack(images), skipped
+
+
+def _load_array(path: Path, image_size: int) -> torch.Tensor:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"Cannot read {path} as a NumPy .npz/.npy file ({e}); give an array of shape (N, H, W, 3) uint8.") from e
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            arrays = {k: loaded[k] for k in loaded.files}
+        candidates = arrays if len(arrays) == 1 else {k: a for k, a in arrays.items() if a.ndim == 4}
+        if len(candidates) != 1:
+            shapes = ", ".join(f"{k} {a.shape}" for k, a in arrays.items())
+            raise ValueError(f"{path} holds arrays {shapes or 'none'}; expected exactly one of shape (N, H, W, 3) uint8.")
+        array = next(iter(candidates.values()))
+    else:
+        array = loaded
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or array.shape[0] == 0:
+        raise ValueError(
+            f"{path} holds an array of shape {array.shape} and dtype {array.dtype}; expected (N, H, W, 3) uint8 "
+            "with N > 0 (channels last, values 0..255)."
+        )
+    chunks = [
+        preprocess_batch(torch.from_numpy(array[i : i + 1024]).permute(0, 3, 1, 2), image_size)
+        for i in range(0, len(array), 1024)
+    ]
+    return torch.cat(chunks)
+
+
+def parse_builtin(source: str | os.PathLike | None) -> int | None:
+    """The number of built-in faces a source asks for, or None if it is not the built-in set."""
+    if source is None:
+        return DEFAULT_BUILTIN_SIZE
+    text = str(source)
+    if text == "builtin":
+        return DEFAULT_BUILTIN_SIZE
+    if text.startswith("builtin:"):
+        count = text.split(":", 1)[1]
+        if not count.isdigit() or int(count) <= 0:
+            raise ValueError(f"Data source {text!r}: write builtin:N with N a positive whole number, e.g. builtin:2000.")
+        return int(count)
+    return None
+
+
+def load_images(
+    source: str | os.PathLike | None = None,
+    image_size: int = 64,
+    *,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageSet:
+    """Load and preprocess a whole image set, from the on-disk cache when possible.
+
+    ``seed`` only affects the built-in face set. ``cache_dir`` defaults to
+    :func:`default_cache_dir`. Raises ``FileNotFoundError`` for a missing source and
+    ``ValueError`` for an empty or malformed one, each naming the path.
+    """
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}.")
+    n_builtin = parse_builtin(source)
+    if n_builtin is not None:
+        description = {"kind": "builtin", "n": n_builtin, "seed": seed, "version": faces.GENERATOR_VERSION}
+        name = f"builtin:{n_builtin} (seed {seed})"
+    else:
+        path = Path(source).expanduser()  # type: ignore[arg-type]
+        if not path.exists():
+            raise FileNotFoundError(f"Data source {path} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise ValueError(f"Data folder {path} is empty: add PNG, JPEG, WebP or BMP files to it.")
+            description = {"kind": "folder", "files": [_fingerprint(p) for p in files]}
+        elif path.suffix.lower() in (".npz", ".npy"):
+            description = {"kind": "array", "file": _fingerprint(path.resolve())}
+        else:
+            raise ValueError(f"Data source {path} is neither a folder nor an .npz/.npy file: point to one of those.")
+        name = str(path)
+    description["image_size"] = image_size
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = _cache_key(description)
+    images_file, meta_file = cache / f"{key}.npy", cache / f"{key}.json"
+    factors_file = cache / f"{key}-factors.npz"
+    if meta_file.exists() and images_file.exists():
+        meta = json.loads(meta_file.read_text())
+        factors = {}
+        if factors_file.exists():
+            with np.load(factors_file) as z:
+                factors = {k: z[k] for k in z.files}
+        return ImageSet(torch.from_numpy(np.load(images_file)), name, key, meta["skipped"], factors)
+
+    skipped, factors = 0, {}
+    if description["kind"] == "builtin":
+        array, factors = faces.make_faces(n_builtin, seed=seed, size=image_size)  # type: ignore[arg-type]
+        images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+    elif description["kind"] == "folder":
+        images, skipped = _load_folder(path, image_size)
+    else:
+        images = _load_array(path, image_size)
+
+    cache.mkdir(parents=True, exist_ok=True)
+    _save_atomic_npy(images_file, images.numpy())
+    if factors:
+        tmp = factors_file.with_suffix(".tmp.npz")
+        np.savez(tmp, **factors)
+        os.replace(tmp, factors_file)
+    tmp_meta = meta_file.with_suffix(".tmp")
+    tmp_meta.write_text(json.dumps({"source": name, "skipped": skipped, "count": len(images)}))
+    os.replace(tmp_meta, meta_file)  # written last: its presence marks a complete entry
+    return ImageSet(images, name, key, skipped, factors)
+
+
+def split_indices(n: int, val_fraction: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of ``range(n)`` into sorted (train, validation) index tensors.
+
+    The validation part holds ``round(n * val_fraction)`` images, at least one.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+    if n < 2:
+        raise ValueError(f"Need at least 2 images to split into training and validation, got {n}.")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def batches(
+    images: torch.Tensor, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Float batches in [0, 1] from a uint8 N×3×S×S tensor, on the tensor's device.
+
+    The images stay uint8 wherever they live (the GPU, for a CUDA run); each batch is
+    converted to float on its own. With ``shuffle``, the order comes from ``generator``
+    (a CPU generator, so that runs are reproducible on any device).
+    """
+    n = images.shape[0]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(images.device)
+    for start in range(0, n, batch_size):
+        yield images[order[start : start + batch_size]].float().div_(255.0)

@@ -1,0 +1,336 @@
+"""Training: one run of one setting, written to its own folder after every epoch.
+
+A run folder holds
+  * ``config.json`` — the settings, the data set, the train/validation split, the device;
+  * ``history.csv`` — one row per epoch: for ``train`` and ``val``, the reconstruction
+    term, the KL term, the weighted objective, the true −ELBO (nats per image) and bits
+    per dimension (see :mod:`vaehelpers.objective` for the conventions). Training values
+    are averaged over the epoch's mini-batches; validation values are computed with the
+    model at the end of the epoch, with one sample z ~ q(z|x) per image;
+  * ``snapshots.pt`` — a fixed panel of validation images, their reconstructions (from μ)
+    and the decodings of a fixed set of prior codes at each snapshot epoch;
+  * ``checkpoint.pt`` — the weights, the optimiser and the random-number state.
+
+Every file is replaced atomically; an interrupted run resumes from its last completed
+epoch and, on the CPU, ends with the same history as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageSet, batches, load_images, split_indices
+from .model import ConvVAE
+from .objective import bits_per_dim, vae_loss
+
+SPLITS = ("train", "val")
+TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
+HISTORY_COLUMNS = ["epoch"] + [f"{s}_{t}" for s in SPLITS for t in TERMS] + ["seconds"]
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides what a run computes (the device does not)."""
+
+    data: str = "builtin"  # a folder, an .npz/.npy file, "builtin" or "builtin:N"
+    kl_weight: float = 1.0
+    latent_dim: int = 20
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-4
+    image_size: int = 64
+    base_channels: int = 32
+    seed: int = 0
+    val_fraction: float = 0.05
+    snapshot_epochs: list[int] | None = None  # None: 10, 50, every 5th and the last
+    panel_size: int = 8  # validation images reconstructed at each snapshot
+    prior_samples: int = 32  # fixed prior codes decoded at each snapshot
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.kl_weight >= 0 and math.isfinite(self.kl_weight), "kl_weight must be a finite number >= 0"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (self.latent_dim >= 1, "latent_dim must be at least 1"),
+            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; got {self}.")
+        self.data = str(self.data)
+        if self.snapshot_epochs is None:
+            self.snapshot_epochs = default_snapshot_epochs(self.epochs)
+        self.snapshot_epochs = sorted({int(e) for e in self.snapshot_epochs if 1 <= int(e) <= self.epochs})
+
+    def run_name(self, data_key: str) -> str:
+        """Readable folder name from the main settings, plus a hash of all of them and of the data."""
+        text = json.dumps({**asdict(self), "data_key": data_key}, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
+        return f"{tag}_kl{self.kl_weight:g}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}_{digest}"
+
+
+def default_snapshot_epochs(epochs: int) -> list[int]:
+    """Epochs 10, 50, every 5th and the last, capped to the run's length."""
+    return sorted({e for e in [10, 50, *range(5, epochs + 1, 5)] if e <= epochs} | {epochs})
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Run:
+    """A run folder read back: settings, history, snapshots and the trained model."""
+
+    dir: Path
+    config: RunConfig
+    info: dict
+    history: dict[str, list[float]]
+    snapshots: dict
+    model: ConvVAE
+    epochs_done: int
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.config.epochs
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _torch_save_atomic(path: Path, obj: object) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _history_csv(history: dict[str, list[float]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(HISTORY_COLUMNS)
+    for i in range(len(history["epoch"])):
+        writer.writerow([history[c][i] if c != "epoch" else int(history[c][i]) for c in HISTORY_COLUMNS])
+    return out.getvalue().encode()
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """history.csv as columns of floats (``epoch`` as int)."""
+    history: dict[str, list[float]] = {c: [] for c in HISTORY_COLUMNS}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for c in HISTORY_COLUMNS:
+                history[c].append(int(row[c]) if c == "epoch" else float(row[c]))
+    return history
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _autocast(device: torch.device):
+    """bf16 mixed precision on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 500, seed: int = 0
+) -> dict[str, float]:
+    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image)."""
+    device = images.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sums = dict.fromkeys(TERMS[:-1], 0.0)
+    model.eval()
+    for x in batches(images, batch_size):
+        with _autocast(device):
+            x_hat, mu, logvar = model(x, generator)
+        loss = vae_loss(x, x_hat, mu, logvar, kl_weight)
+        for k in sums:
+            sums[k] += getattr(loss, k).item() * len(x)
+    means = {k: v / len(images) for k, v in sums.items()}
+    means["bits_per_dim"] = float(bits_per_dim(means["neg_elbo"], images[0].numel()))
+    return means
+
+
+@torch.no_grad()
+def reconstruct(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
+    """Decode μ of q(z|x): the model's deterministic reconstruction of float images."""
+    return model.decode(model.encode(x)[0])
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+# ---------------------------------------------------------------- training
+
+
+def _build_model(cfg: RunConfig) -> ConvVAE:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return ConvVAE(cfg.latent_dim, cfg.image_size, cfg.base_channels)
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run folder (finished or not) back, with the model on the CPU in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"{run_dir} holds no completed epoch (no checkpoint.pt): train it with fit() first.")
+    info = json.loads((run_dir / "config.json").read_text())
+    cfg = RunConfig(**info["config"])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model = _build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    history = read_history(run_dir / "history.csv")
+    epochs_done = checkpoint["epoch"]
+    history = {k: v[:epochs_done] for k, v in history.items()}
+    snapshots = torch.load(run_dir / "snapshots.pt", map_location="cpu", weights_only=False)
+    snapshots["epochs"] = {e: s for e, s in snapshots["epochs"].items() if e <= epochs_done}
+    return Run(run_dir, cfg, info, history, snapshots, model, epochs_done)
+
+
+def fit(
+    cfg: RunConfig | None = None,
+    *,
+    runs_dir: str | os.PathLike = "runs",
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    **settings,
+) -> Run:
+    """Train one VAE setting, or reuse/resume the run with the same settings.
+
+    Pass a :class:`RunConfig` or its fields as keywords (``fit(kl_weight=100, epochs=20)``).
+    The run's folder under ``runs_dir`` is named from the settings and the data.
+    ``on_epoch_end(epoch, row)`` is called after each epoch has been written to disk.
+    """
+    cfg = cfg if cfg is not None else RunConfig(**settings)
+    dev = resolve_device(device)
+    data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
+    run_dir = Path(runs_dir) / cfg.run_name(data.key)
+    if (run_dir / "checkpoint.pt").exists():
+        run = load_run(run_dir)
+        if run.finished:
+            return run
+
+    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.seed)
+    if len(train_idx) < 1 or len(val_idx) < 1:
+        raise ValueError(f"{data.source} has too few images ({len(data)}) for a train/validation split.")
+    images = data.images.to(dev)
+    train_images, val_images = images[train_idx.to(dev)], images[val_idx.to(dev)]
+    panel_idx = torch.arange(min(cfg.panel_size, len(val_idx)))
+    panel = val_images[panel_idx.to(dev)]
+    prior_z = torch.randn(cfg.prior_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+    model = _build_model(cfg).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    history: dict[str, list[float]] = {c: [] for c in HISTORY_COLUMNS}
+    snapshots = {"panel_val_indices": val_idx[panel_idx], "panel": panel.cpu(), "prior_z": prior_z, "epochs": {}}
+    start_epoch = 0
+
+    if (run_dir / "checkpoint.pt").exists():  # resume an interrupted run
+        checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        shuffle_gen.set_state(checkpoint["shuffle_rng"])
+        noise_gen.set_state(checkpoint["noise_rng"])
+        start_epoch = checkpoint["epoch"]
+        history = {k: v[:start_epoch] for k, v in read_history(run_dir / "history.csv").items()}
+        saved = torch.load(run_dir / "snapshots.pt", map_location="cpu", weights_only=False)
+        snapshots["epochs"] = {e: s for e, s in saved["epochs"].items() if e <= start_epoch}
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info = {
+            "config": asdict(cfg),
+            "data": {"source": data.source, "key": data.key, "images": len(data), "skipped": data.skipped},
+            "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "train": len(train_idx),
+                      "val": len(val_idx), "val_indices": val_idx.tolist()},
+            "model": model.hparams(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(dev),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        }
+        _write_atomic(run_dir / "config.json", json.dumps(info, indent=1).encode())
+        _torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
+               desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        sums = {k: torch.zeros((), device=dev) for k in TERMS[:-1]}  # summed on the device: no sync per step
+        for step, x in enumerate(batches(train_images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
+            with _autocast(dev):
+                x_hat, mu, logvar = model(x, noise_gen)
+            loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.objective.backward()
+            optimizer.step()
+            for k in sums:
+                sums[k] += getattr(loss, k).detach() * len(x)
+            bar.update()
+            if step % 10 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{loss.objective.item():.1f}")
+        train = {k: v.item() / len(train_idx) for k, v in sums.items()}
+        train["bits_per_dim"] = float(bits_per_dim(train["neg_elbo"], train_images[0].numel()))
+        val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
+        row["seconds"] = time.perf_counter() - started
+        for c in HISTORY_COLUMNS:
+            history[c].append(row[c])
+
+        if epoch in cfg.snapshot_epochs:
+            model.eval()
+            with torch.no_grad(), _autocast(dev):
+                snapshots["epochs"][epoch] = {
+                    "recon": to_uint8(reconstruct(model, panel.float() / 255)),
+                    "samples": to_uint8(model.decode(prior_z.to(dev))),
+                }
+            _torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+        _write_atomic(run_dir / "history.csv", _history_csv(history))
+        _torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epoch complete
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
+        })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    bar.close()
+    return load_run(run_dir)
