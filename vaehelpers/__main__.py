@@ -1,4 +1,4 @@
-"""Command line: ``python -m vaehelpers report [--data PATH] [--epochs N] ...``.
+"""Command line: ``python -m vaehelpers report [--data PATH] [--epochs N] ...`` and ``... bench``.
 
 Trains (or reuses) one run per KL weight and writes each run's figures to
 ``<out>/figures/kl<weight>/``. With no ``--data`` it uses the built-in face set with a
@@ -48,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--seed", type=int, default=0)
     report.add_argument("--runs-dir", default="runs")
     report.add_argument("--out", default="reports")
+    bench = sub.add_parser("bench", help="measure face generation, data loading and training speed")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--images", type=int, default=21551, help="size of the folder and .npz used to time loading")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import bench_loading, bench_training
+
+        for line in bench_training(args.device) + bench_loading(args.images):
+            print(line, flush=True)
+        return 0
 
     settings = dict(ASSIGNMENT, data=args.data) if args.data else dict(QUICK)
     for name in ("epochs", "lr", "batch_size", "latent_dim", "base_channels"):

@@ -223,6 +223,28 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     return Run(run_dir, cfg, info, history, snapshots, model, epochs_done)
 
 
+def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
+                 shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm, epoch: int) -> dict[str, float]:
+    """One pass over the shuffled training images; returns the terms' means over the epoch."""
+    model.train()
+    sums = {k: torch.zeros((), device=images.device) for k in TERMS[:-1]}  # on the device: no sync per step
+    for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
+        with _autocast(images.device):
+            x_hat, mu, logvar = model(x, noise_gen)
+        loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.objective.backward()
+        optimizer.step()
+        for k in sums:
+            sums[k] += getattr(loss, k).detach() * len(x)
+        bar.update()
+        if step % 10 == 0:
+            bar.set_postfix(epoch=epoch, loss=f"{loss.objective.item():.1f}")
+    means = {k: v.item() / len(images) for k, v in sums.items()}
+    means["bits_per_dim"] = float(bits_per_dim(means["neg_elbo"], images[0].numel()))
+    return means
+
+
 def fit(
     cfg: RunConfig | None = None,
     *,
@@ -249,8 +271,6 @@ def fit(
             return run
 
     train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.seed)
-    if len(train_idx) < 1 or len(val_idx) < 1:
-        raise ValueError(f"{data.source} has too few images ({len(data)}) for a train/validation split.")
     images = data.images.to(dev)
     train_images, val_images = images[train_idx.to(dev)], images[val_idx.to(dev)]
     panel_idx = torch.arange(min(cfg.panel_size, len(val_idx)))
@@ -295,22 +315,7 @@ def fit(
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        model.train()
-        sums = {k: torch.zeros((), device=dev) for k in TERMS[:-1]}  # summed on the device: no sync per step
-        for step, x in enumerate(batches(train_images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
-            with _autocast(dev):
-                x_hat, mu, logvar = model(x, noise_gen)
-            loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.objective.backward()
-            optimizer.step()
-            for k in sums:
-                sums[k] += getattr(loss, k).detach() * len(x)
-            bar.update()
-            if step % 10 == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{loss.objective.item():.1f}")
-        train = {k: v.item() / len(train_idx) for k, v in sums.items()}
-        train["bits_per_dim"] = float(bits_per_dim(train["neg_elbo"], train_images[0].numel()))
+        train = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch)
         val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
         row["seconds"] = time.perf_counter() - started
