@@ -85,3 +85,30 @@ class ConvVAE(nn.Module):
 
     def hparams(self) -> dict:
         return asdict(self.config)
+
+
+@torch.no_grad()
+def layer_table(model: ConvVAE) -> list[dict]:
+    """One row per layer of the encoder and decoder: name, output shape (per image), parameters.
+
+    Found by passing one image through the model, so it describes the model as built.
+    """
+    rows: list[dict] = []
+
+    def record(part: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            rows.append({"part": part, "layer": repr(module), "output": tuple(output.shape[1:]),
+                         "parameters": sum(p.numel() for p in module.parameters())})
+        return hook
+
+    handles = [m.register_forward_hook(record(part)) for part, seq in (("encoder", model.encoder), ("decoder", model.decoder))
+               for m in seq]
+    try:
+        device = next(model.parameters()).device
+        size = model.config.image_size
+        mu, _ = model.encode(torch.zeros(1, 3, size, size, device=device))
+        model.decode(mu)
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
