@@ -8,7 +8,9 @@ EPOCHS ?=
 KL_WEIGHTS ?= 1,100,0
 DEVICE ?= auto
 
-.PHONY: report test venv clean
+LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core
+
+.PHONY: report test venv latex clean
 
 venv: $(VENV)/.installed
 
@@ -17,7 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[notebooks,test]'
 	touch $@
 
+# LaTeX for the PDF report: installed with apt where we are root, else one line says what to install.
+latex:
+	@if command -v xelatex >/dev/null && command -v pandoc >/dev/null && fc-list 2>/dev/null | grep -q "DejaVu Serif"; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing LaTeX for the PDF report (a few minutes, once): $(LATEX_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LATEX_PACKAGES) >/dev/null; \
+	else echo "The PDF report needs LaTeX: install $(LATEX_PACKAGES); the HTML report is made without it."; fi
+
 report: $(VENV)/.installed
+	-@$(MAKE) --no-print-directory latex
 	$(PY) -m vaehelpers report --kl-weights $(KL_WEIGHTS) --device $(DEVICE) \
 		$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
@@ -25,4 +36,4 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 clean:
-	rm -rf runs reports/figures
+	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf

@@ -1,22 +1,58 @@
+"""The one command: python -m vaehelpers report, on tiny runs."""
+
+import re
+import shutil
+import subprocess
+
 import pytest
 
 from vaehelpers.__main__ import main
 
+TINY = ["--data", "builtin:150", "--epochs", "2", "--base-channels", "8", "--latent-dim", "4", "--batch-size", "50"]
 
-def test_report_trains_each_weight_and_writes_four_figures(tmp_path, capsys):
-    args = ["report", "--data", "builtin:60", "--epochs", "1", "--base-channels", "8", "--latent-dim", "4",
-            "--kl-weights", "1,0", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
-    assert main(args) == 0
-    for weight in ("kl1", "kl0"):
-        names = sorted(p.name for p in (tmp_path / "out" / "figures" / weight).iterdir())
-        assert names == ["interpolation.png", "learning_curve.png", "prior_samples.png", "reconstructions.png"]
-    assert len(list((tmp_path / "runs").iterdir())) == 2
-    assert "validation −ELBO" in capsys.readouterr().out
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    assert main(["report", *TINY, "--runs-dir", str(root / "runs"), "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_executed_notebooks_html_and_pdf_are_written(built):
+    names = sorted(p.name for p in built.iterdir())
+    assert names[:2] == ["report.html", "report.ipynb"] and {"run-kl1.ipynb", "run-kl100.ipynb", "run-kl0.ipynb"} <= set(names)
+    if shutil.which("xelatex") and shutil.which("pandoc"):
+        assert (built / "report.pdf").read_bytes().startswith(b"%PDF")
+        if shutil.which("pdfinfo"):  # poppler-utils
+            info = subprocess.run(["pdfinfo", str(built / "report.pdf")], capture_output=True, text=True).stdout
+            assert int(re.search(r"Pages:\s+(\d+)", info).group(1)) >= 5
+
+
+def test_html_answers_q1_to_q8_with_every_figure_and_no_code(built):
+    html = (built / "report.html").read_text()
+    headings = re.findall(r"<h2[^>]*>(Q\d)\.", html)
+    assert headings == [f"Q{i}" for i in range(1, 9)]
+    # Q2-Q5 for weight 1, again for 100 and for 0, and four side-by-side comparisons.
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 16
+    assert "<math" in html  # the objective's formulas, as MathML
+    assert not re.search(r'(src|href)="https?:', html)  # nothing fetched: self-contained, works offline
+    assert "application/vnd.jupyter.widget" not in html and "report_runs(" not in html and "import " not in html
+    assert "<table" in html and "active latent dimensions" in html
+
+
+def test_second_build_reuses_the_runs(built, capsys):
+    runs = built.parent / "runs"
+    stamps = {p: (p / "checkpoint.pt").stat().st_mtime_ns for p in runs.iterdir()}
+    assert main(["report", *TINY, "--runs-dir", str(runs), "--out", str(built)]) == 0
+    assert {p: (p / "checkpoint.pt").stat().st_mtime_ns for p in runs.iterdir()} == stamps
+    assert "epoch 1/2" not in capsys.readouterr().out
 
 
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
-    assert main(["report", "--data", str(tmp_path / "absent.npz"), "--runs-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: Data source {tmp_path / 'absent.npz'} does not exist: give an image folder, an .npz/.npy file, or 'builtin'."
+    missing = tmp_path / "absent.npz"
+    assert main(["report", "--data", str(missing), "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: Parameter data = '{missing}' does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
 
 
 def test_bad_kl_weights_are_refused(capsys):

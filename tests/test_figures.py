@@ -1,11 +1,9 @@
-import matplotlib
 import pytest
 import torch
 
 from vaehelpers import figures
 from vaehelpers.train import fit
 
-matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from vaehelpers.train import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, fit, load_run
+from vaehelpers.train import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, fit, key_epochs, load_run
 
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
@@ -62,9 +62,14 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path):
 
 
 def test_snapshot_epochs_default():
-    assert default_snapshot_epochs(100)[:3] == [5, 10, 15] and {10, 50, 100} <= set(default_snapshot_epochs(100))
-    assert default_snapshot_epochs(12) == [5, 10, 12]
-    assert default_snapshot_epochs(3) == [3]
+    assert default_snapshot_epochs(100) == list(range(5, 101, 5))
+    assert key_epochs(100) == [10, 50, 100] and key_epochs(20) == [2, 10, 20] and key_epochs(2) == [1, 2]
+    assert default_snapshot_epochs(20) == [2, 5, 10, 15, 20]
+    assert default_snapshot_epochs(3) == [1, 2, 3]
+
+
+def test_whole_number_settings_name_the_same_run():
+    assert RunConfig(kl_weight=100, lr=1).run_name("k") == RunConfig(kl_weight=100.0, lr=1.0).run_name("k")
 
 
 @pytest.mark.parametrize("bad", [dict(kl_weight=-1), dict(epochs=0), dict(lr=0), dict(val_fraction=1.5)])

@@ -1,8 +1,9 @@
 """Command line: ``python -m vaehelpers report [--data PATH] [--epochs N] ...`` and ``... bench``.
 
-Trains (or reuses) one run per KL weight and writes each run's figures to
-``<out>/figures/kl<weight>/``. With no ``--data`` it uses the built-in face set with a
-budget sized for a 2-core CPU (``QUICK``); with ``--data`` the assignment's settings.
+``report`` runs notebooks/run.ipynb once per KL weight (training, or reusing finished
+runs), executes notebooks/report.ipynb and exports ``<out>/report.html`` and
+``<out>/report.pdf``. With no ``--data`` it uses the built-in face set with a budget sized
+for a 2-core CPU (``QUICK``); with ``--data``, the assignment's settings (``ASSIGNMENT``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import figures
-from .train import RunConfig, fit
+from papermill.exceptions import PapermillExecutionError
+
+from .report import build_report
 
 ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "base_channels": 32}
 """The reference report's settings, used when --data is given."""
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaehelpers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="train the KL settings and write their figures")
+    report = sub.add_parser("report", help="train the KL settings and write reports/report.html and .pdf")
     report.add_argument("--data", help="image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)")
     report.add_argument("--epochs", type=int)
     report.add_argument("--kl-weights", type=_weights, default=[1.0, 100.0, 0.0])
@@ -63,27 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "lr", "batch_size", "latent_dim", "base_channels"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    out = Path(args.out) / "figures"
     started = time.perf_counter()
-    for weight in args.kl_weights:
-        print(f"== KL weight {weight:g}: {settings}", flush=True)
-        try:
-            run = fit(RunConfig(kl_weight=weight, seed=args.seed, **settings), runs_dir=args.runs_dir, device=args.device)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        folder = out / f"kl{weight:g}"
-        figures.save(figures.learning_curve(run), folder / "learning_curve.png")
-        figures.save(figures.reconstructions(run), folder / "reconstructions.png")
-        figures.save(figures.prior_samples(run), folder / "prior_samples.png")
-        figures.save(figures.interpolation(run), folder / "interpolation.png")
-        last = {k: v[-1] for k, v in run.history.items()}
-        print(f"   {run.dir}: validation −ELBO {last['val_neg_elbo']:.1f} nats/image "
-              f"({last['val_bits_per_dim']:.4f} bits/dim), reconstruction {last['val_recon']:.1f}, KL {last['val_kl']:.1f}; "
-              f"figures in {folder}", flush=True)
-    print(f"done in {time.perf_counter() - started:.0f} s")
+    try:
+        written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
+                               kl_weights=tuple(args.kl_weights), seed=args.seed, **settings)
+    except PapermillExecutionError as e:
+        print(f"error: {e.evalue}", file=sys.stderr)
+        return 2
+    print(f"report written in {time.perf_counter() - started:.0f} s: "
+          + ", ".join(str(p) for p in written.values() if p is not None), flush=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,22 +1,24 @@
-"""Figures of a run: learning curve, reconstructions, prior samples, interpolation.
+"""Figures of runs: learning curves, reconstructions, prior samples, interpolations.
 
-Each function returns a matplotlib ``Figure`` and draws only what the run already
-stores (or what a tensor function below computes), so a notebook needs one line a figure.
+Each function returns a matplotlib ``Figure`` (not registered with pyplot, so a notebook
+shows it once, as the cell's value) and draws only what the runs store, or what
+:func:`interpolate` computes, so a notebook needs one line a figure. The ``compare_*``
+functions put several KL weights side by side on the same images.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from .model import ConvVAE
 from .objective import bits_per_dim
-from .train import Run, to_uint8
+from .train import Run, key_epochs, to_uint8
 
 
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -31,41 +33,47 @@ def _show(ax, images: torch.Tensor, nrow: int, title: str = "") -> None:
         ax.set_title(title, fontsize=10)
 
 
-def learning_curve(run: Run, title: str | None = None) -> Figure:
-    """−ELBO per epoch (train and validation), and its reconstruction and KL terms."""
+def _weight(run: Run) -> str:
+    return f"KL weight {run.config.kl_weight:g}"
+
+
+def learning_curve(run: Run) -> Figure:
+    """−ELBO per epoch (training and validation), and its reconstruction and KL terms."""
     h = run.history
-    fig, (ax_elbo, ax_terms) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax_elbo, ax_terms = fig.subplots(1, 2)
     for split, style in (("train", "-"), ("val", "--")):
         label = "training" if split == "train" else "validation"
         ax_elbo.plot(h["epoch"], h[f"{split}_neg_elbo"], style, marker=".", label=label)
         ax_terms.plot(h["epoch"], h[f"{split}_recon"], style, color="C0", label=f"reconstruction ({label})")
         ax_terms.plot(h["epoch"], h[f"{split}_kl"], style, color="C3", label=f"KL ({label})")
     num_dims = 3 * run.config.image_size**2
-    ax_elbo.set(xlabel="epoch", ylabel="−ELBO (nats per image)", title="Negative ELBO (KL weight 1, σ² = 1/2)")
-    secondary = ax_elbo.secondary_yaxis(
-        "right", functions=(lambda n: bits_per_dim(n, num_dims), lambda b: b * num_dims * 0.6931471805599453)
-    )
+    ax_elbo.set(xlabel="epoch", ylabel="−ELBO (nats per image)", title="−ELBO (KL counted once, σ² = 1/2)")
+    secondary = ax_elbo.secondary_yaxis("right", functions=(lambda n: bits_per_dim(n, num_dims),
+                                                            lambda b: b * num_dims * math.log(2)))
     secondary.set_ylabel("bits per dimension")
     ax_elbo.legend()
     ax_terms.set(xlabel="epoch", ylabel="nats per image", yscale="log", title="Terms: Σ(x − x̂)² and KL(q ‖ p)")
     ax_terms.legend(fontsize=8)
-    fig.suptitle(title or f"Learning curve, trained with KL weight {run.config.kl_weight:g}")
+    fig.suptitle(f"Learning curve, trained with {_weight(run)}")
     return fig
 
 
 def reconstructions(run: Run, epochs: list[int] | None = None) -> Figure:
-    """The fixed validation panel (top row) above its reconstructions at each epoch."""
+    """The fixed validation panel (top row) above its reconstructions, one block per epoch.
+
+    ``epochs`` defaults to 10 %, 50 % and 100 % of the run (10, 50 and 100 for 100 epochs).
+    """
     stored = sorted(run.snapshots["epochs"])
-    epochs = [e for e in (epochs or stored) if e in run.snapshots["epochs"]]
+    epochs = [e for e in (epochs or key_epochs(run.config.epochs)) if e in run.snapshots["epochs"]]
     if not epochs:
-        raise ValueError(f"No snapshots in {run.dir} for epochs {epochs}; stored: {stored}.")
+        raise ValueError(f"No snapshots in {run.dir} for those epochs; stored: {stored}.")
     panel = run.snapshots["panel"]
-    fig, axes = plt.subplots(len(epochs), 1, figsize=(1.1 * len(panel), 2.4 * len(epochs)), squeeze=False)
-    for ax, epoch in zip(axes[:, 0], epochs):
+    fig = Figure(figsize=(1.1 * len(panel), 2.4 * len(epochs) + 0.4), layout="constrained")
+    for ax, epoch in zip(fig.subplots(len(epochs), 1, squeeze=False)[:, 0], epochs):
         _show(ax, torch.cat([panel, run.snapshots["epochs"][epoch]["recon"]]), len(panel),
               f"epoch {epoch}: originals (top), reconstructions (bottom)")
-    fig.suptitle(f"Reconstructions of validation images, KL weight {run.config.kl_weight:g}")
-    fig.tight_layout()
+    fig.suptitle(f"Reconstructions of validation images, {_weight(run)}")
     return fig
 
 
@@ -73,10 +81,8 @@ def prior_samples(run: Run, epoch: int | None = None, nrow: int = 8) -> Figure:
     """Decodings of the run's fixed prior codes z ~ N(0, I) at one snapshot epoch (default: the last)."""
     epoch = epoch or max(run.snapshots["epochs"])
     samples = run.snapshots["epochs"][epoch]["samples"]
-    fig, ax = plt.subplots(figsize=(1.1 * nrow, 1.1 * len(samples) / nrow + 0.5))
-    _show(ax, samples, nrow)
-    ax.set_title(f"Samples from the prior p(z) = N(0, I), KL weight {run.config.kl_weight:g}, epoch {epoch}")
-    fig.tight_layout()
+    fig = Figure(figsize=(1.1 * nrow, 1.1 * math.ceil(len(samples) / nrow) + 0.5), layout="constrained")
+    _show(fig.subplots(), samples, nrow, f"Samples from the prior p(z) = N(0, I), {_weight(run)}, epoch {epoch}")
     return fig
 
 
@@ -92,25 +98,75 @@ def interpolate(model: ConvVAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int
     return to_uint8(model.decode((1 - t) * mu[0] + t * mu[1]))
 
 
+def _interpolation_row(run: Run, a: int, b: int, steps: int) -> torch.Tensor:
+    panel = run.snapshots["panel"]
+    path = interpolate(run.model, panel[a].float() / 255, panel[b].float() / 255, steps)
+    return torch.cat([panel[a : a + 1], path, panel[b : b + 1]])
+
+
 def interpolation(run: Run, a: int = 0, b: int = 1, steps: int = 8) -> Figure:
     """Real image a, the decoded path from μ(a) to μ(b) (its ends are the reconstructions), real image b.
 
     ``a`` and ``b`` index the run's fixed validation panel, so every setting shows the same pair.
     """
-    panel = run.snapshots["panel"]
-    path = interpolate(run.model, panel[a].float() / 255, panel[b].float() / 255, steps)
-    row = torch.cat([panel[a : a + 1], path, panel[b : b + 1]])
-    fig, ax = plt.subplots(figsize=(1.1 * len(row), 1.7))
-    _show(ax, row, len(row))
-    ax.set_title(f"Interpolation, KL weight {run.config.kl_weight:g}: real image, decoded path from μ(a) to μ(b), real image")
-    fig.tight_layout()
+    row = _interpolation_row(run, a, b, steps)
+    fig = Figure(figsize=(1.1 * len(row), 1.7), layout="constrained")
+    _show(fig.subplots(), row, len(row), f"Interpolation, {_weight(run)}: real a, decoded path μ(a) → μ(b), real b")
+    return fig
+
+
+# ---------------------------------------------------------------- several KL weights side by side
+
+
+def compare_learning_curves(runs: list[Run]) -> Figure:
+    """Validation −ELBO, reconstruction term and KL term of several runs on shared axes."""
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for i, run in enumerate(runs):
+        h = run.history
+        for ax, column in zip(axes, ("val_neg_elbo", "val_recon", "val_kl")):
+            ax.plot(h["epoch"], h[column], color=f"C{i}", marker=".", label=_weight(run))
+    axes[0].set(title="−ELBO (validation)", ylabel="nats per image")
+    axes[1].set(title="Reconstruction Σ(x − x̂)² (validation)", ylabel="nats per image", yscale="log")
+    axes[2].set(title="KL(q(z|x) ‖ p(z)) (validation)", ylabel="nats per image", yscale="symlog")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def compare_reconstructions(runs: list[Run]) -> Figure:
+    """The same validation panel (top) and its reconstruction by each run at its last epoch."""
+    panel = runs[0].snapshots["panel"]
+    fig = Figure(figsize=(1.1 * len(panel), 1.25 * (len(runs) + 1) + 0.3), layout="constrained")
+    axes = fig.subplots(len(runs) + 1, 1, squeeze=False)[:, 0]
+    _show(axes[0], panel, len(panel), "validation images")
+    for ax, run in zip(axes[1:], runs):
+        last = max(run.snapshots["epochs"])
+        _show(ax, run.snapshots["epochs"][last]["recon"], len(panel), f"reconstructed, {_weight(run)}")
+    return fig
+
+
+def compare_prior_samples(runs: list[Run], n: int = 8) -> Figure:
+    """The same prior codes z decoded by each run (a row per KL weight)."""
+    fig = Figure(figsize=(1.1 * n, 1.25 * len(runs) + 0.3), layout="constrained")
+    for ax, run in zip(fig.subplots(len(runs), 1, squeeze=False)[:, 0], runs):
+        last = max(run.snapshots["epochs"])
+        _show(ax, run.snapshots["epochs"][last]["samples"][:n], n, f"prior samples, {_weight(run)}")
+    return fig
+
+
+def compare_interpolations(runs: list[Run], a: int = 0, b: int = 1, steps: int = 8) -> Figure:
+    """The same pair of real images interpolated by each run (a row per KL weight)."""
+    fig = Figure(figsize=(1.1 * (steps + 2), 1.25 * len(runs) + 0.3), layout="constrained")
+    for ax, run in zip(fig.subplots(len(runs), 1, squeeze=False)[:, 0], runs):
+        _show(ax, _interpolation_row(run, a, b, steps), steps + 2, f"interpolation, {_weight(run)}")
     return fig
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Save a figure as PNG (150 dpi) and close it."""
+    """Save a figure as PNG at 150 dpi."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(path, dpi=150)
     return path

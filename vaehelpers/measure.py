@@ -37,6 +37,24 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.var(dim=0) > threshold).sum())
 
 
+def aggregate_kl(mu: torch.Tensor, logvar: torch.Tensor) -> float:
+    """KL( N(m, S) ‖ N(0, I) ) for the Gaussian fitted to the aggregate posterior q(z) = E_x q(z|x).
+
+    m is the mean of μ over the data and S = Cov_x(μ) + E_x[diag σ²]. Near 0 when the codes
+    of real images fill the prior; large when they sit in a small or shifted region of it,
+    so that most prior samples land where the decoder has seen no codes ("prior holes").
+    """
+    mu64, var64 = mu.double(), logvar.double().exp()
+    m = mu64.mean(dim=0)
+    cov = torch.cov(mu64.T).reshape(len(m), len(m)) + torch.diag(var64.mean(dim=0))
+    return float(0.5 * (torch.trace(cov) + m @ m - len(m) - torch.logdet(cov)))
+
+
+def image_diversity(images: torch.Tensor) -> float:
+    """Mean over pixels of the standard deviation across a set of uint8 images, on [0, 1]."""
+    return float((images.float() / 255).std(dim=0).mean())
+
+
 @dataclass
 class CodeSummary:
     """How a model uses its latent space on a set of images."""
@@ -45,6 +63,7 @@ class CodeSummary:
     active_units: int
     code_std: float  # spread of μ over the data, averaged over dimensions (the prior's is 1)
     posterior_std: float  # mean σ of q(z|x) (the prior's is 1)
+    aggregate_kl: float  # see aggregate_kl()
 
     @property
     def kl(self) -> float:
@@ -58,4 +77,5 @@ def summarize_codes(model: ConvVAE, images: torch.Tensor) -> CodeSummary:
         active_units=active_units(mu),
         code_std=float(mu.std(dim=0).mean()),
         posterior_std=float(torch.exp(0.5 * logvar).mean()),
+        aggregate_kl=aggregate_kl(mu, logvar),
     )

@@ -87,6 +87,17 @@ class ConvVAE(nn.Module):
         return asdict(self.config)
 
 
+def describe(module: nn.Module) -> str:
+    """A short name for a layer: 'Conv2d 3→32, 4×4, stride 2', 'Linear 4096→40', 'ReLU'."""
+    name = type(module).__name__
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        k, s = module.kernel_size, module.stride
+        return f"{name} {module.in_channels}→{module.out_channels}, {k[0]}×{k[1]}, stride {s[0]}"
+    if isinstance(module, nn.Linear):
+        return f"{name} {module.in_features}→{module.out_features}"
+    return name
+
+
 @torch.no_grad()
 def layer_table(model: ConvVAE) -> list[dict]:
     """One row per layer of the encoder and decoder: name, output shape (per image), parameters.
@@ -97,7 +108,7 @@ def layer_table(model: ConvVAE) -> list[dict]:
 
     def record(part: str):
         def hook(module: nn.Module, inputs, output) -> None:
-            rows.append({"part": part, "layer": repr(module), "output": tuple(output.shape[1:]),
+            rows.append({"part": part, "layer": describe(module), "output": tuple(output.shape[1:]),
                          "parameters": sum(p.numel() for p in module.parameters())})
         return hook
 

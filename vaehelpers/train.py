@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageSet, batches, load_images, split_indices
-from .model import ConvVAE
+from .model import ConvVAE, VAEConfig
 from .objective import bits_per_dim, vae_loss
 
 SPLITS = ("train", "val")
@@ -56,23 +56,26 @@ class RunConfig:
     base_channels: int = 32
     seed: int = 0
     val_fraction: float = 0.05
-    snapshot_epochs: list[int] | None = None  # None: 10, 50, every 5th and the last
+    snapshot_epochs: list[int] | None = None  # None: default_snapshot_epochs(epochs)
     panel_size: int = 8  # validation images reconstructed at each snapshot
     prior_samples: int = 32  # fixed prior codes decoded at each snapshot
 
     def __post_init__(self) -> None:
         checks = [
-            (self.kl_weight >= 0 and math.isfinite(self.kl_weight), "kl_weight must be a finite number >= 0"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (self.latent_dim >= 1, "latent_dim must be at least 1"),
-            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            ("kl_weight", self.kl_weight >= 0 and math.isfinite(self.kl_weight), "a finite number >= 0"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1"),
+            ("panel_size", self.panel_size >= 2, "at least 2 (the interpolation uses two panel images)"),
+            ("prior_samples", self.prior_samples >= 1, "at least 1"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise ValueError(f"{message}; got {self}.")
-        self.data = str(self.data)
+                raise ValueError(f"{name} must be {rule}; got {getattr(self, name)!r}.")
+        VAEConfig(self.latent_dim, self.image_size, self.base_channels)  # checks the model's settings
+        # Plain types, so that 100 and 100.0 (papermill passes whole numbers as int) name the same run.
+        self.data, self.kl_weight, self.lr, self.val_fraction = str(self.data), float(self.kl_weight), float(self.lr), float(self.val_fraction)
         if self.snapshot_epochs is None:
             self.snapshot_epochs = default_snapshot_epochs(self.epochs)
         self.snapshot_epochs = sorted({int(e) for e in self.snapshot_epochs if 1 <= int(e) <= self.epochs})
@@ -85,9 +88,14 @@ class RunConfig:
         return f"{tag}_kl{self.kl_weight:g}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}_{digest}"
 
 
+def key_epochs(epochs: int) -> list[int]:
+    """The epochs a report shows: 10 %, 50 % and 100 % of the run (10, 50, 100 for 100 epochs)."""
+    return sorted({max(1, round(epochs * 0.1)), max(1, round(epochs * 0.5)), epochs})
+
+
 def default_snapshot_epochs(epochs: int) -> list[int]:
-    """Epochs 10, 50, every 5th and the last, capped to the run's length."""
-    return sorted({e for e in [10, 50, *range(5, epochs + 1, 5)] if e <= epochs} | {epochs})
+    """The key epochs, 10, 50 and every 5th, capped to the run's length."""
+    return sorted({e for e in [10, 50, *range(5, epochs + 1, 5)] if e <= epochs} | set(key_epochs(epochs)))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -251,7 +259,7 @@ def fit(
     runs_dir: str | os.PathLike = "runs",
     device: str = "auto",
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     **settings,
 ) -> Run:
@@ -259,6 +267,8 @@ def fit(
 
     Pass a :class:`RunConfig` or its fields as keywords (``fit(kl_weight=100, epochs=20)``).
     The run's folder under ``runs_dir`` is named from the settings and the data.
+    ``progress``: True for a tqdm bar with the running loss, ``"epochs"`` for one printed
+    line per epoch (for logs and papermill), False for silence.
     ``on_epoch_end(epoch, row)`` is called after each epoch has been written to disk.
     """
     cfg = cfg if cfg is not None else RunConfig(**settings)
@@ -311,7 +321,7 @@ def fit(
         _torch_save_atomic(run_dir / "snapshots.pt", snapshots)
 
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
@@ -335,6 +345,9 @@ def fit(
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
         })
+        if progress == "epochs":
+            print(f"kl_weight={cfg.kl_weight:g} epoch {epoch}/{cfg.epochs}: objective {row['train_objective']:.1f}, "
+                  f"validation -ELBO {row['val_neg_elbo']:.1f} nats ({row['seconds']:.1f} s)", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     bar.close()

@@ -1,0 +1,70 @@
+"""The notebooks: committed clean, parameterised, stopped early by bad parameters, run under nbval."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+TINY = dict(data="builtin:150", epochs=2, image_size=32, base_channels=8, latent_dim=4, batch_size=50)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs: clear them"
+
+
+@pytest.mark.parametrize("name", ["run.ipynb", "report.ipynb"])
+def test_first_code_cell_holds_plain_parameters(name):
+    nb = json.loads((ROOT / "notebooks" / name).read_text())
+    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    assert "parameters" in first["metadata"]["tags"]
+    for line in "".join(first["source"]).splitlines():  # name = literal, nothing computed
+        assert re.fullmatch(r"\w+ = (\"[^\"]*\"|[-\d.e]+|None|\[[\d., ]*\])\s*(#.*)?", line), line
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(kl_weight=-1), "kl_weight must be a finite number >= 0; got -1."),
+    (dict(epochs=0), "epochs must be at least 1; got 0."),
+    (dict(epochs=2.5), "epochs = 2.5 should be a whole number."),
+    (dict(data="/nowhere/animation.npz"), "data = '/nowhere/animation.npz' does not exist"),
+    (dict(device="gpu"), "device = 'gpu' is not a device"),
+])
+def test_bad_parameter_stops_in_the_first_cells_with_one_sentence(tmp_path, bad, message):
+    params = dict(TINY, runs_dir=str(tmp_path / "runs"), **bad)
+    with pytest.raises(PapermillExecutionError) as raised:
+        papermill.execute_notebook(ROOT / "notebooks" / "run.ipynb", tmp_path / "out.ipynb", parameters=params,
+                                   progress_bar=False)
+    assert raised.value.ename == "ParameterError" and message in raised.value.evalue
+    assert raised.value.exec_count <= 3  # the parameters, papermill's injected cell, the check
+    assert len(raised.value.evalue.splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_papermill_whole_number_kl_weight_names_the_float_run(tmp_path):
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(ROOT / "notebooks" / "run.ipynb", out, progress_bar=False,
+                               parameters=dict(TINY, kl_weight=100, runs_dir=str(tmp_path / "runs")))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("builtin150_kl100_")
+    text = out.read_text()
+    assert "image/png" in text and "epoch 2/2" in text
+
+
+def test_notebooks_pass_nbval_with_tiny_parameters(tmp_path):
+    runs = str(tmp_path / "runs")
+    for name, params in (("run.ipynb", dict(TINY, kl_weight=1, runs_dir=runs)),
+                         ("report.ipynb", dict(TINY, runs_dir=runs))):
+        papermill.execute_notebook(ROOT / "notebooks" / name, tmp_path / name, parameters=params, prepare_only=True)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                             "run.ipynb", "report.ipynb"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\d+ passed", result.stdout)

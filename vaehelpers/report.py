@@ -1,0 +1,333 @@
+"""The assignment report: notebook parameters, generated text, and the one-command build.
+
+``build_report`` runs ``notebooks/run.ipynb`` once per KL weight with papermill, then
+``notebooks/report.ipynb``, and exports the executed report to a self-contained HTML
+file (figures embedded, mathematics as MathML, no script from a CDN) and, where LaTeX is
+installed, to PDF through nbconvert's LaTeX route. Code is hidden in both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .data import load_images, parse_builtin
+from .measure import CodeSummary, image_diversity, summarize_codes
+from .model import layer_table
+from .train import Run, RunConfig, fit, resolve_device
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
+LATEX_PACKAGES = "texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core"
+
+
+class ParameterError(ValueError):
+    """A bad notebook parameter. IPython shows it as its one sentence, without a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"ParameterError: {self}"]
+
+
+_KINDS = {"int": (int, "a whole number"), "float": ((int, float), "a number"), "str": (str, "a string")}
+
+
+def run_config(**params) -> RunConfig:
+    """A :class:`RunConfig` from notebook parameters, or a :class:`ParameterError` naming the bad one."""
+    known = {f.name: f for f in fields(RunConfig)}
+    for name, value in params.items():
+        if name not in known:
+            raise ParameterError(f"Unknown parameter {name!r}; the parameters are {', '.join(known)}.")
+        wanted = _KINDS.get(known[name].type)  # the field's annotation, as a string
+        if wanted and (isinstance(value, bool) or not isinstance(value, wanted[0])):
+            raise ParameterError(f"Parameter {name} = {value!r} should be {wanted[1]}.")
+    data = str(params.get("data", "builtin"))
+    try:
+        if parse_builtin(data) is None and not Path(data).expanduser().exists():
+            raise ParameterError(f"Parameter data = {data!r} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
+        return RunConfig(**params)
+    except ParameterError:
+        raise
+    except ValueError as e:
+        raise ParameterError(f"Parameter {e}") from None
+
+
+def check_device(device: str) -> torch.device:
+    """The device a notebook parameter names, or a :class:`ParameterError`."""
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError(f"Parameter device = {device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'mps'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"Parameter device = {device!r} asks for CUDA, but no CUDA GPU is visible: use 'auto' or 'cpu'.")
+    return dev
+
+
+def report_runs(kl_weights: list[float], runs_dir: str = "runs", device: str = "auto", **settings) -> dict[float, Run]:
+    """The report's runs, one per KL weight (trained only where no finished run exists)."""
+    weights = [float(w) for w in kl_weights]
+    missing = [f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w not in weights]
+    if missing:
+        raise ParameterError(f"Parameter kl_weights = {kl_weights!r} lacks {', '.join(missing)}: the report needs 1, 100 and 0.")
+    configs = {w: run_config(kl_weight=w, **settings) for w in weights}
+    check_device(device)
+    return {w: fit(cfg, runs_dir=runs_dir, device=device, progress="epochs") for w, cfg in configs.items()}
+
+
+def validation_images(run: Run) -> torch.Tensor:
+    """The run's held-out images (uint8), from the data cache."""
+    data = load_images(run.config.data, run.config.image_size, seed=run.config.seed)
+    return data.images[torch.tensor(run.info["split"]["val_indices"])]
+
+
+# ---------------------------------------------------------------- generated text for Q1
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def preprocessing_markdown(run: Run) -> str:
+    """Q1: how the images were obtained and preprocessed, from the run's own record."""
+    data, split, size = run.info["data"], run.info["split"], run.config.image_size
+    if parse_builtin(run.config.data) is not None:
+        origin = (f"The images are the project's built-in procedural face set ({data['images']:,} faces drawn "
+                  f"directly at {size}×{size} from independently sampled factors, seed {run.config.seed}), "
+                  "so no resizing or cropping was needed.")
+    else:
+        skipped = f"; {data['skipped']} unreadable or non-image files were skipped" if data["skipped"] else ""
+        origin = (f"The images come from `{data['source']}` ({data['images']:,} images{skipped}). Each image was "
+                  "converted to RGB (transparent pixels composited on white, grey expanded to three channels), "
+                  f"centre-cropped to the largest square and resized to {size}×{size} with antialiasing.")
+    return (f"{origin} Pixel values were scaled from 0–255 to [0, 1]; the decoder's sigmoid output lies in the "
+            f"same range. A seeded random {split['val_fraction']:.0%} of the images ({split['val']:,}) is held out "
+            f"for validation; the model trains on the other {split['train']:,}. The whole set is kept in memory "
+            "as 8-bit integers and converted to floats one batch at a time.")
+
+
+def architecture_markdown(run: Run) -> str:
+    """Q1: a table of the layers of the trained model with output shapes and parameter counts."""
+    rows = [[r["part"], r["layer"], "×".join(map(str, r["output"])), f"{r['parameters']:,}"]
+            for r in layer_table(run.model)]
+    total = sum(p.numel() for p in run.model.parameters())
+    latent = run.config.latent_dim
+    return (f"The encoder's last layer outputs {2 * latent} numbers per image: the mean μ and the log-variance "
+            f"log σ² of q(z|x), a diagonal Gaussian over {latent} latent dimensions. A code is sampled as "
+            "$z = \\mu + \\sigma \\odot \\epsilon$ with $\\epsilon \\sim \\mathcal{N}(0, I)$ and decoded.\n\n"
+            + _table(["part", "layer", "output shape", "parameters"], rows)
+            + f"\n\nTotal: {total:,} parameters.")
+
+
+def hyperparameters_markdown(run: Run) -> str:
+    cfg, h = run.config, run.history
+    rows = [["optimiser", f"Adam, learning rate {cfg.lr:g}"], ["batch size", cfg.batch_size],
+            ["epochs", cfg.epochs], ["latent dimensions", cfg.latent_dim], ["image size", f"{cfg.image_size}×{cfg.image_size}"],
+            ["channels", f"{run.model.config.channels}"], ["seed", cfg.seed],
+            ["device", run.info["device"]], ["training time (this run)", f"{sum(h['seconds']):.1f} s"]]
+    return _table(["setting", "value"], rows)
+
+
+# ---------------------------------------------------------------- Q8: the discussion, from the runs' numbers
+
+
+def measure_runs(runs: dict[float, Run]) -> dict[float, CodeSummary]:
+    """Code statistics of each run on its validation images."""
+    return {w: summarize_codes(run.model, validation_images(run)) for w, run in runs.items()}
+
+
+def results_table(runs: dict[float, Run], codes: dict[float, CodeSummary]) -> str:
+    """One column per KL weight: the numbers the discussion quotes (validation set, last epoch)."""
+    weights = list(runs)
+    val = {w: validation_images(runs[w]) for w in weights}
+    last = {w: {k: v[-1] for k, v in runs[w].history.items()} for w in weights}
+    samples = {w: runs[w].snapshots["epochs"][max(runs[w].snapshots["epochs"])]["samples"] for w in weights}
+    rows = [
+        ("−ELBO (nats per image)", lambda w: f"{last[w]['val_neg_elbo']:,.1f}"),
+        ("−ELBO (bits per dimension)", lambda w: f"{last[w]['val_bits_per_dim']:.4f}"),
+        ("reconstruction Σ(x − x̂)²", lambda w: f"{last[w]['val_recon']:.1f}"),
+        ("KL(q(z|x) ‖ p(z)) (nats)", lambda w: f"{last[w]['val_kl']:.2f}"),
+        (f"active latent dimensions (of {runs[weights[0]].config.latent_dim})", lambda w: f"{codes[w].active_units}"),
+        ("spread of μ over images (prior: 1)", lambda w: f"{codes[w].code_std:.2f}"),
+        ("mean σ of q(z|x) (prior: 1)", lambda w: f"{codes[w].posterior_std:.2f}"),
+        ("KL of aggregate posterior to prior (nats)", lambda w: f"{codes[w].aggregate_kl:.1f}"),
+        ("diversity of prior samples (real images: "
+         f"{image_diversity(val[weights[0]]):.3f})", lambda w: f"{image_diversity(samples[w]):.3f}"),
+    ]
+    return _table(["validation, last epoch"] + [f"KL weight {w:g}" for w in weights],
+                  [[name] + [cell(w) for w in weights] for name, cell in rows])
+
+
+def discussion_markdown(runs: dict[float, Run], codes: dict[float, CodeSummary]) -> str:
+    """Q8: sentences built from the runs' numbers, so none can contradict the figures."""
+    for w in ASSIGNMENT_WEIGHTS:
+        if w not in runs:
+            raise ValueError(f"The discussion needs runs with KL weights 1, 100 and 0; weight {w:g} is missing.")
+    last = {w: {k: v[-1] for k, v in run.history.items()} for w, run in runs.items()}
+    r, kl, nelbo = ({w: last[w][k] for w in runs} for k in ("val_recon", "val_kl", "val_neg_elbo"))
+    au = {w: c.active_units for w, c in codes.items()}
+    d = runs[1.0].config.latent_dim
+    curve = runs[1.0].history["val_neg_elbo"]
+    falls = sum(b < a for a, b in zip(curve, curve[1:]))
+    samples = {w: run.snapshots["epochs"][max(run.snapshots["epochs"])]["samples"] for w, run in runs.items()}
+    diversity = {w: image_diversity(s) for w, s in samples.items()}
+    real_diversity = image_diversity(validation_images(runs[1.0]))
+    best = min(nelbo, key=nelbo.get)
+
+    text = [f"**Weight 1 (the ELBO).** Over {len(curve)} epochs the validation −ELBO went from {curve[0]:,.1f} to "
+            f"{curve[-1]:,.1f} nats per image, falling in {falls} of {len(curve) - 1} epochs. At the end the "
+            f"reconstruction term is {r[1.0]:.1f} and the KL {kl[1.0]:.1f} nats, spread over {au[1.0]} active "
+            f"latent dimensions of {d}."]
+
+    collapsed = au[100.0] <= 1 and kl[100.0] < 1
+    text.append(
+        f"**Weight 100.** Paying 100 times more for each nat of KL brings the KL to {kl[100.0]:.2f} nats "
+        f"(weight 1: {kl[1.0]:.1f}) and leaves {au[100.0]} active dimension{'s' if au[100.0] != 1 else ''}"
+        + (": q(z|x) is nearly the prior for every image — *posterior collapse* — so the code says almost nothing "
+           "about the image. " if collapsed else ". ")
+        + f"The reconstruction error is {r[100.0]:.1f} against {r[1.0]:.1f} at weight 1 ({r[100.0] / r[1.0]:.2f}×)"
+        + (", which is the blur in the figures. " if r[100.0] > 1.1 * r[1.0] else ". ")
+        + f"Prior samples vary {diversity[100.0] / real_diversity:.0%} as much as real images do (weight 1: "
+        f"{diversity[1.0] / real_diversity:.0%})"
+        + (", so they are nearly one average face." if diversity[100.0] < 0.5 * diversity[1.0] else "."))
+
+    recon_0 = ("better than" if r[0.0] < 0.97 * r[1.0] else "worse than" if r[0.0] > 1.03 * r[1.0] else "about as good as")
+    holes = codes[0.0].aggregate_kl > 2 * codes[1.0].aggregate_kl + 1
+    text.append(
+        f"**Weight 0 (a plain autoencoder).** Nothing ties q(z|x) to the prior: its KL, measured but not "
+        f"trained, is {kl[0.0]:,.1f} nats; the codes of real images spread with a standard deviation of "
+        f"{codes[0.0].code_std:.2f} per dimension where the prior has 1, with posterior σ of "
+        f"{codes[0.0].posterior_std:.2f}. Reconstructions are {recon_0} at weight 1 ({r[0.0]:.1f} against "
+        f"{r[1.0]:.1f}). The Gaussian fitted to all the codes sits {codes[0.0].aggregate_kl:,.1f} nats from N(0, I) "
+        f"(weight 1: {codes[1.0].aggregate_kl:.1f})"
+        + (", so most codes drawn from the prior fall where the decoder was never trained, which is why the "
+           "prior samples are poor although the reconstructions are not." if holes else "."))
+
+    order = sorted(ASSIGNMENT_WEIGHTS)
+    text.append(
+        f"**The KL term's effect.** The −ELBO, an upper bound on −log p(x), is lowest for weight {best:g} "
+        f"({nelbo[best]:,.1f} nats; " + ", ".join(f"{nelbo[w]:,.1f} at weight {w:g}" for w in runs if w != best)
+        + "). "
+        + ("That is expected: weight 1 is the only setting that optimises the bound itself. " if best == 1.0 else
+           "Weight 1 is the only setting that optimises the bound itself, so the run was likely too short. ")
+        + "Raising the weight from " + " to ".join(f"{w:g}" for w in order) + " moved the KL from "
+        + " to ".join(f"{kl[w]:,.1f}" for w in order) + " nats and the reconstruction error from "
+        + " to ".join(f"{r[w]:.1f}" for w in order) + ". The KL weight sets how many nats the encoder may spend "
+        "describing each image: a larger weight buys codes that match the prior, so that prior samples decode "
+        "to images like the training set, at the price of detail; a smaller one buys detail at the price of "
+        "codes the prior does not describe.")
+    return "\n\n".join(text)
+
+
+# ---------------------------------------------------------------- the build
+
+
+_PAPERMILL_CHATTER = re.compile(r"^(Executing|Ending) Cell|^<Figure size|^(Input|Output) Notebook|^Executing notebook")
+
+
+def _show_notebook_output() -> None:
+    """Let papermill stream what the notebooks print (epochs and losses), without its own chatter."""
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "_vaehelpers", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(lambda record: not _PAPERMILL_CHATTER.search(record.getMessage().strip()))
+        handler._vaehelpers = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+
+def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs", device: str = "auto",
+                 kl_weights: tuple[float, ...] = ASSIGNMENT_WEIGHTS, notebooks: Path = NOTEBOOKS,
+                 **settings) -> dict[str, Path | None]:
+    """Run ``run.ipynb`` per KL weight, execute ``report.ipynb``, export HTML and PDF.
+
+    ``settings`` are :class:`RunConfig` fields shared by every run (data, epochs, lr, ...).
+    Returns the paths written; ``pdf`` is None where LaTeX is missing.
+    """
+    import papermill
+
+    out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _show_notebook_output()
+    common = dict(settings, device=device, runs_dir=str(runs_path))
+    weights = [float(w) for w in kl_weights]
+    for w in weights:
+        print(f"== KL weight {w:g}: notebooks/run.ipynb -> {out / f'run-kl{w:g}.ipynb'}", flush=True)
+        papermill.execute_notebook(notebooks / "run.ipynb", out / f"run-kl{w:g}.ipynb",
+                                   parameters=dict(common, kl_weight=w), log_output=True, progress_bar=False)
+    print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
+    papermill.execute_notebook(notebooks / "report.ipynb", out / "report.ipynb",
+                               parameters=dict(common, kl_weights=weights), progress_bar=False)
+    html = export_html(out / "report.ipynb", out / "report.html")
+    pdf = export_pdf(out / "report.ipynb", out / "report.pdf")
+    return {"html": html, "pdf": pdf, "notebook": out / "report.ipynb"}
+
+
+def _to_mathml(markdown: str) -> str:
+    """Replace $$…$$ and $…$ in Markdown with MathML, which browsers render without any script."""
+    from latex2mathml.converter import convert
+
+    markdown = re.sub(r"\$\$(.+?)\$\$", lambda m: convert(m.group(1), display="block"), markdown, flags=re.S)
+    return re.sub(r"(?<![\\$])\$([^$\n]+?)\$", lambda m: convert(m.group(1)), markdown)
+
+
+def _clean(nb, mathml: bool):
+    """Drop parameter cells and stderr streams. For HTML turn LaTeX maths into MathML; for
+    LaTeX drop the opening "# title" line, which LaTeX's own title page shows."""
+    cells = []
+    first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+    if first is not None and not mathml and first.source.startswith("# "):
+        first.source = first.source.split("\n", 1)[1] if "\n" in first.source else ""
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if {"parameters", "injected-parameters", "remove-cell"} & set(tags):
+            continue
+        if cell.cell_type == "markdown" and mathml:
+            cell.source = _to_mathml(cell.source)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
+            for o in cell.outputs:
+                if mathml and "text/markdown" in o.get("data", {}):
+                    o.data["text/markdown"] = _to_mathml(o.data["text/markdown"])
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
+
+def export_html(notebook: Path, html: Path) -> Path:
+    """A self-contained HTML report: code hidden, figures embedded, no CDN scripts."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = _clean(nbformat.read(notebook, as_version=4), mathml=True)
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
+    exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nb)
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def export_pdf(notebook: Path, pdf: Path) -> Path | None:
+    """The report as PDF through nbconvert's LaTeX route, or None (with one line saying why)."""
+    missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
+    if missing:
+        print(f"PDF skipped: {' and '.join(missing)} not found; install {LATEX_PACKAGES} "
+              f"(Debian/Ubuntu: apt-get install {LATEX_PACKAGES}). The HTML report is complete.", flush=True)
+        return None
+    import nbformat
+    from nbconvert import PDFExporter
+
+    nb = _clean(nbformat.read(notebook, as_version=4), mathml=False)
+    exporter = PDFExporter(template_name="report_latex", extra_template_basedirs=[str(TEMPLATES)])
+    exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb.metadata.get("title", "report")}})
+    pdf.write_bytes(body)
+    return pdf
