@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?=
 EPOCHS ?=
-KL_WEIGHTS ?= 1,100,0
+KL_WEIGHTS ?= 1,100,0,0.1,10
 DEVICE ?= auto
 
 LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core

@@ -32,8 +32,12 @@ def test_html_answers_q1_to_q8_with_every_figure_and_no_code(built):
     html = (built / "report.html").read_text()
     headings = re.findall(r"<h2[^>]*>(Q\d)\.", html)
     assert headings == [f"Q{i}" for i in range(1, 9)]
-    # Q2-Q5 for weight 1, again for 100 and for 0, and four side-by-side comparisons.
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 16
+    # Q2-Q5 for weights 1, 100 and 0 (12), four side-by-side comparisons, and in Q8 the KL per dimension,
+    # three traversals, the rate-distortion curve and two σ-VAE comparisons.
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 23
+    assert {"run-kl0.1.ipynb", "run-kl10.ipynb", "run-kl1-sigma-vae.ipynb"} <= {p.name for p in built.iterdir()}
+    for measured in ("IWAE bound on −log p(x), k = 64", "MMD²", "PSNR", "σ-VAE, KL weight 1", "hair_length"):
+        assert measured in html, measured
     assert "<math" in html  # the objective's formulas, as MathML
     assert not re.search(r'(src|href)="https?:', html)  # nothing fetched: self-contained, works offline
     assert "application/vnd.jupyter.widget" not in html and "report_runs(" not in html and "import " not in html

@@ -29,7 +29,7 @@ def test_first_code_cell_holds_plain_parameters(name):
     first = next(c for c in nb["cells"] if c["cell_type"] == "code")
     assert "parameters" in first["metadata"]["tags"]
     for line in "".join(first["source"]).splitlines():  # name = literal, nothing computed
-        assert re.fullmatch(r"\w+ = (\"[^\"]*\"|[-\d.e]+|None|\[[\d., ]*\])\s*(#.*)?", line), line
+        assert re.fullmatch(r"\w+: [\w\[\] |]+ = (\"[^\"]*\"|[-\d.e]+|None|True|False|\[[\d., ]*\])\s*(#.*)?", line), line
 
 
 @pytest.mark.parametrize("bad, message", [

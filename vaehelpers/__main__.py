@@ -15,7 +15,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from .report import build_report
+from .report import REPORT_WEIGHTS, build_report
 
 ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "base_channels": 32}
 """The reference report's settings, used when --data is given."""
@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="train the KL settings and write reports/report.html and .pdf")
     report.add_argument("--data", help="image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)")
     report.add_argument("--epochs", type=int)
-    report.add_argument("--kl-weights", type=_weights, default=[1.0, 100.0, 0.0])
+    report.add_argument("--kl-weights", type=_weights, default=list(REPORT_WEIGHTS),
+                        help="comma-separated; must include 1, 100 and 0 (default: 1,100,0,0.1,10)")
+    report.add_argument("--sigma-vae", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train weight 1 with a calibrated decoder variance (default: yes)")
     report.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, ...")
     report.add_argument("--lr", type=float)
     report.add_argument("--batch-size", type=int)
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
-                               kl_weights=tuple(args.kl_weights), seed=args.seed, **settings)
+                               kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae, seed=args.seed,
+                               **settings)
     except PapermillExecutionError as e:
         print(f"error: {e.evalue}", file=sys.stderr)
         return 2

@@ -164,6 +164,63 @@ def compare_interpolations(runs: list[Run], a: int = 0, b: int = 1, steps: int =
     return fig
 
 
+# ---------------------------------------------------------------- measurements (vaehelpers.measure)
+
+
+def kl_per_dimension(runs: list[Run], measurements: dict[str, dict], labels: list[str]) -> Figure:
+    """KL of each latent dimension, sorted, one panel per run: which dimensions carry information."""
+    fig = Figure(figsize=(4 * len(runs), 3), layout="constrained")
+    for ax, run, name in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs, labels):
+        values = sorted(measurements[name]["kl_per_dim"], reverse=True)
+        ax.bar(range(1, len(values) + 1), values, color="C0")
+        ax.axhline(0.01, color="C3", lw=0.8, ls="--")
+        ax.set(title=f"{name}: {measurements[name]['active_units']} active", xlabel="latent dimension (sorted)",
+               ylabel="KL (nats per image)", yscale="symlog")
+        ax.set_yscale("symlog", linthresh=0.01)
+    return fig
+
+
+def traversals(run: Run, kl_per_dim: list[float], n_dims: int = 4, image: int = 0,
+               values: tuple[float, ...] = (-3, -2, -1, 0, 1, 2, 3)) -> Figure:
+    """μ of one validation image decoded with each of the most informative dimensions swept from −3 to 3."""
+    from .measure import traverse
+
+    dims = sorted(range(len(kl_per_dim)), key=lambda j: -kl_per_dim[j])[:n_dims]
+    grid = traverse(run.model, run.snapshots["panel"][image].float() / 255, dims, list(values))
+    fig = Figure(figsize=(1.1 * len(values) + 1.2, 1.15 * len(dims) + 0.5), layout="constrained")
+    ax = fig.subplots()
+    _show(ax, grid, len(values), f"Latent traversals, {_weight(run)}: z_j from {values[0]:g} to {values[-1]:g}")
+    step = grid.shape[-1] + 2
+    ax.set_axis_on()
+    ax.set_xticks([2 + step * (i + 0.5) for i in range(len(values))], [f"{v:g}" for v in values])
+    ax.set_yticks([2 + step * (i + 0.5) for i in range(len(dims))],
+                  [f"z{j} ({kl_per_dim[j]:.1f} nats)" for j in dims])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return fig
+
+
+def rate_distortion(measurements: dict[str, dict], marked: tuple[float, ...] = (1.0, 100.0, 0.0)) -> Figure:
+    """Distortion against rate for every run; the assignment's weights marked."""
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    fixed = sorted((m for m in measurements.values() if m["likelihood"] == "fixed"), key=lambda m: m["kl_weight"])
+    ax.plot([m["rate"] for m in fixed], [m["distortion"] for m in fixed], "-", color="0.6", zorder=1)
+    for m in measurements.values():
+        sigma = m["likelihood"] == "sigma-vae"
+        is_marked = m["kl_weight"] in marked and not sigma
+        ax.scatter(m["rate"], m["distortion"], s=90 if is_marked else 35, zorder=2,
+                   marker="*" if sigma else ("o" if is_marked else "s"),
+                   color="C3" if sigma else ("C0" if is_marked else "0.4"))
+        ax.annotate(("σ-VAE, " if sigma else "") + f"weight {m['kl_weight']:g}", (m["rate"], m["distortion"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlabel="rate: KL(q(z|x) ‖ p(z)), nats per image", ylabel="distortion: Σ(x − x̂)² per image",
+           title="Rate–distortion (validation); large dots: the assignment's weights")
+    return fig
+
+
 def save(fig: Figure, path: str | os.PathLike) -> Path:
     """Save a figure as PNG at 150 dpi."""
     path = Path(path)

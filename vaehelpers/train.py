@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet, batches, load_images, split_indices
 from .model import ConvVAE, VAEConfig
-from .objective import bits_per_dim, vae_loss
+from .objective import LIKELIHOODS, bits_per_dim, vae_loss
 
 SPLITS = ("train", "val")
 TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
@@ -59,6 +59,7 @@ class RunConfig:
     snapshot_epochs: list[int] | None = None  # None: default_snapshot_epochs(epochs)
     panel_size: int = 8  # validation images reconstructed at each snapshot
     prior_samples: int = 32  # fixed prior codes decoded at each snapshot
+    likelihood: str = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
 
     def __post_init__(self) -> None:
         checks = [
@@ -69,6 +70,7 @@ class RunConfig:
             ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1"),
             ("panel_size", self.panel_size >= 2, "at least 2 (the interpolation uses two panel images)"),
             ("prior_samples", self.prior_samples >= 1, "at least 1"),
+            ("likelihood", self.likelihood in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -85,7 +87,8 @@ class RunConfig:
         text = json.dumps({**asdict(self), "data_key": data_key}, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
-        return f"{tag}_kl{self.kl_weight:g}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}_{digest}"
+        likelihood = "" if self.likelihood == "fixed" else f"_{self.likelihood}"
+        return f"{tag}_kl{self.kl_weight:g}{likelihood}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}_{digest}"
 
 
 def key_epochs(epochs: int) -> list[int]:
@@ -175,7 +178,8 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def evaluate(
-    model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 500, seed: int = 0
+    model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 500, seed: int = 0,
+    likelihood: str = "fixed",
 ) -> dict[str, float]:
     """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image)."""
     device = images.device
@@ -185,7 +189,7 @@ def evaluate(
     for x in batches(images, batch_size):
         with _autocast(device):
             x_hat, mu, logvar = model(x, generator)
-        loss = vae_loss(x, x_hat, mu, logvar, kl_weight)
+        loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)
         for k in sums:
             sums[k] += getattr(loss, k).item() * len(x)
     means = {k: v / len(images) for k, v in sums.items()}
@@ -239,7 +243,7 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
         with _autocast(images.device):
             x_hat, mu, logvar = model(x, noise_gen)
-        loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight)
+        loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight, cfg.likelihood)
         optimizer.zero_grad(set_to_none=True)
         loss.objective.backward()
         optimizer.step()
@@ -326,7 +330,7 @@ def fit(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         train = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch)
-        val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch)
+        val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
         row["seconds"] = time.perf_counter() - started
         for c in HISTORY_COLUMNS:
