@@ -10,7 +10,7 @@ DEVICE ?= auto
 
 LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core
 
-.PHONY: report test venv latex clean
+.PHONY: report test lab venv latex clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# JupyterLab on the project's environment, opening the interactive explorer.
+lab: $(VENV)/.installed
+	$(PY) -m jupyter lab notebooks/explore.ipynb
 
 clean:
 	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf

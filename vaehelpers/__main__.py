@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--images", type=int, default=21551, help="size of the folder and .npz used to time loading")
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from .bench import bench_loading, bench_training
+        from .bench import bench_explore, bench_loading, bench_training
 
-        for line in bench_training(args.device) + bench_loading(args.images):
+        for line in bench_training(args.device) + bench_explore() + bench_loading(args.images):
             print(line, flush=True)
         return 0
 

@@ -50,6 +50,25 @@ def bench_loading(n_images: int = 21551) -> list[str]:
     return lines
 
 
+def bench_explore(base_channels: tuple[int, ...] = (16, 32), repeats: int = 20) -> list[str]:
+    """One update of explore.ipynb's latent sliders on the CPU: decode one 64×64 image, encode it as PNG."""
+    from .explore import png
+    from .train import to_uint8
+
+    lines = []
+    for channels in base_channels:
+        model = ConvVAE(20, 64, channels).eval()
+        z = torch.zeros(1, 20)
+        with torch.no_grad():
+            png(to_uint8(model.decode(z))[0], scale=4)  # warm-up
+            started = time.perf_counter()
+            for _ in range(repeats):
+                png(to_uint8(model.decode(z))[0], scale=4)
+        lines.append(f"explore.ipynb slider update, base_channels={channels}: "
+                     f"{1000 * (time.perf_counter() - started) / repeats:.1f} ms (decode one image and draw it)")
+    return lines
+
+
 def bench_training(device: str = "auto", base_channels: tuple[int, ...] = (16, 32), batch_size: int = 100,
                    steps: int = 20) -> list[str]:
     """Training images per second of the 64×64 ConvVAE (forward, backward, Adam step)."""

@@ -33,10 +33,6 @@ def _show(ax, images: torch.Tensor, nrow: int, title: str = "") -> None:
         ax.set_title(title, fontsize=10)
 
 
-def _weight(run: Run) -> str:
-    return f"KL weight {run.config.kl_weight:g}"
-
-
 def learning_curve(run: Run) -> Figure:
     """−ELBO per epoch (training and validation), and its reconstruction and KL terms."""
     h = run.history
@@ -55,7 +51,7 @@ def learning_curve(run: Run) -> Figure:
     ax_elbo.legend()
     ax_terms.set(xlabel="epoch", ylabel="nats per image", yscale="log", title="Terms: Σ(x − x̂)² and KL(q ‖ p)")
     ax_terms.legend(fontsize=8)
-    fig.suptitle(f"Learning curve, trained with {_weight(run)}")
+    fig.suptitle(f"Learning curve, trained with {run.label}")
     return fig
 
 
@@ -73,7 +69,7 @@ def reconstructions(run: Run, epochs: list[int] | None = None) -> Figure:
     for ax, epoch in zip(fig.subplots(len(epochs), 1, squeeze=False)[:, 0], epochs):
         _show(ax, torch.cat([panel, run.snapshots["epochs"][epoch]["recon"]]), len(panel),
               f"epoch {epoch}: originals (top), reconstructions (bottom)")
-    fig.suptitle(f"Reconstructions of validation images, {_weight(run)}")
+    fig.suptitle(f"Reconstructions of validation images, {run.label}")
     return fig
 
 
@@ -82,7 +78,7 @@ def prior_samples(run: Run, epoch: int | None = None, nrow: int = 8) -> Figure:
     epoch = epoch or max(run.snapshots["epochs"])
     samples = run.snapshots["epochs"][epoch]["samples"]
     fig = Figure(figsize=(1.1 * nrow, 1.1 * math.ceil(len(samples) / nrow) + 0.5), layout="constrained")
-    _show(fig.subplots(), samples, nrow, f"Samples from the prior p(z) = N(0, I), {_weight(run)}, epoch {epoch}")
+    _show(fig.subplots(), samples, nrow, f"Samples from the prior p(z) = N(0, I), {run.label}, epoch {epoch}")
     return fig
 
 
@@ -111,7 +107,7 @@ def interpolation(run: Run, a: int = 0, b: int = 1, steps: int = 8) -> Figure:
     """
     row = _interpolation_row(run, a, b, steps)
     fig = Figure(figsize=(1.1 * len(row), 1.7), layout="constrained")
-    _show(fig.subplots(), row, len(row), f"Interpolation, {_weight(run)}: real a, decoded path μ(a) → μ(b), real b")
+    _show(fig.subplots(), row, len(row), f"Interpolation, {run.label}: real a, decoded path μ(a) → μ(b), real b")
     return fig
 
 
@@ -125,7 +121,7 @@ def compare_learning_curves(runs: list[Run]) -> Figure:
     for i, run in enumerate(runs):
         h = run.history
         for ax, column in zip(axes, ("val_neg_elbo", "val_recon", "val_kl")):
-            ax.plot(h["epoch"], h[column], color=f"C{i}", marker=".", label=_weight(run))
+            ax.plot(h["epoch"], h[column], color=f"C{i}", marker=".", label=run.label)
     axes[0].set(title="−ELBO (validation)", ylabel="nats per image")
     axes[1].set(title="Reconstruction Σ(x − x̂)² (validation)", ylabel="nats per image", yscale="log")
     axes[2].set(title="KL(q(z|x) ‖ p(z)) (validation)", ylabel="nats per image", yscale="symlog")
@@ -143,7 +139,7 @@ def compare_reconstructions(runs: list[Run]) -> Figure:
     _show(axes[0], panel, len(panel), "validation images")
     for ax, run in zip(axes[1:], runs):
         last = max(run.snapshots["epochs"])
-        _show(ax, run.snapshots["epochs"][last]["recon"], len(panel), f"reconstructed, {_weight(run)}")
+        _show(ax, run.snapshots["epochs"][last]["recon"], len(panel), f"reconstructed, {run.label}")
     return fig
 
 
@@ -152,7 +148,7 @@ def compare_prior_samples(runs: list[Run], n: int = 8) -> Figure:
     fig = Figure(figsize=(1.1 * n, 1.25 * len(runs) + 0.3), layout="constrained")
     for ax, run in zip(fig.subplots(len(runs), 1, squeeze=False)[:, 0], runs):
         last = max(run.snapshots["epochs"])
-        _show(ax, run.snapshots["epochs"][last]["samples"][:n], n, f"prior samples, {_weight(run)}")
+        _show(ax, run.snapshots["epochs"][last]["samples"][:n], n, f"prior samples, {run.label}")
     return fig
 
 
@@ -160,17 +156,18 @@ def compare_interpolations(runs: list[Run], a: int = 0, b: int = 1, steps: int =
     """The same pair of real images interpolated by each run (a row per KL weight)."""
     fig = Figure(figsize=(1.1 * (steps + 2), 1.25 * len(runs) + 0.3), layout="constrained")
     for ax, run in zip(fig.subplots(len(runs), 1, squeeze=False)[:, 0], runs):
-        _show(ax, _interpolation_row(run, a, b, steps), steps + 2, f"interpolation, {_weight(run)}")
+        _show(ax, _interpolation_row(run, a, b, steps), steps + 2, f"interpolation, {run.label}")
     return fig
 
 
 # ---------------------------------------------------------------- measurements (vaehelpers.measure)
 
 
-def kl_per_dimension(runs: list[Run], measurements: dict[str, dict], labels: list[str]) -> Figure:
+def kl_per_dimension(runs: list[Run], measurements: dict[str, dict]) -> Figure:
     """KL of each latent dimension, sorted, one panel per run: which dimensions carry information."""
     fig = Figure(figsize=(4 * len(runs), 3), layout="constrained")
-    for ax, run, name in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs, labels):
+    for ax, run in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs):
+        name = run.label
         values = sorted(measurements[name]["kl_per_dim"], reverse=True)
         ax.bar(range(1, len(values) + 1), values, color="C0")
         ax.axhline(0.01, color="C3", lw=0.8, ls="--")
@@ -180,16 +177,17 @@ def kl_per_dimension(runs: list[Run], measurements: dict[str, dict], labels: lis
     return fig
 
 
-def traversals(run: Run, kl_per_dim: list[float], n_dims: int = 4, image: int = 0,
+def traversals(run: Run, measurements: dict[str, dict], n_dims: int = 4, image: int = 0,
                values: tuple[float, ...] = (-3, -2, -1, 0, 1, 2, 3)) -> Figure:
     """μ of one validation image decoded with each of the most informative dimensions swept from −3 to 3."""
     from .measure import traverse
 
+    kl_per_dim = measurements[run.label]["kl_per_dim"]
     dims = sorted(range(len(kl_per_dim)), key=lambda j: -kl_per_dim[j])[:n_dims]
     grid = traverse(run.model, run.snapshots["panel"][image].float() / 255, dims, list(values))
     fig = Figure(figsize=(1.1 * len(values) + 1.2, 1.15 * len(dims) + 0.5), layout="constrained")
     ax = fig.subplots()
-    _show(ax, grid, len(values), f"Latent traversals, {_weight(run)}: z_j from {values[0]:g} to {values[-1]:g}")
+    _show(ax, grid, len(values), f"Latent traversals, {run.label}: z_j from {values[0]:g} to {values[-1]:g}")
     step = grid.shape[-1] + 2
     ax.set_axis_on()
     ax.set_xticks([2 + step * (i + 0.5) for i in range(len(values))], [f"{v:g}" for v in values])
@@ -207,14 +205,14 @@ def rate_distortion(measurements: dict[str, dict], marked: tuple[float, ...] = (
     ax = fig.subplots()
     fixed = sorted((m for m in measurements.values() if m["likelihood"] == "fixed"), key=lambda m: m["kl_weight"])
     ax.plot([m["rate"] for m in fixed], [m["distortion"] for m in fixed], "-", color="0.6", zorder=1)
-    for m in measurements.values():
+    for i, m in enumerate(sorted(measurements.values(), key=lambda m: m["rate"])):
         sigma = m["likelihood"] == "sigma-vae"
         is_marked = m["kl_weight"] in marked and not sigma
         ax.scatter(m["rate"], m["distortion"], s=90 if is_marked else 35, zorder=2,
                    marker="*" if sigma else ("o" if is_marked else "s"),
                    color="C3" if sigma else ("C0" if is_marked else "0.4"))
         ax.annotate(("σ-VAE, " if sigma else "") + f"weight {m['kl_weight']:g}", (m["rate"], m["distortion"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=9)
+                    textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize=9)  # alternate: no overlap
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlabel="rate: KL(q(z|x) ‖ p(z)), nats per image", ylabel="distortion: Σ(x − x̂)² per image",
            title="Rate–distortion (validation); large dots: the assignment's weights")

@@ -50,13 +50,13 @@ def run_config(**params) -> RunConfig:
             raise ParameterError(f"Parameter {name} = {value!r} should be {wanted[1]}.")
     data = str(params.get("data", "builtin"))
     try:
-        if parse_builtin(data) is None and not Path(data).expanduser().exists():
-            raise ParameterError(f"Parameter data = {data!r} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
-        return RunConfig(**params)
-    except ParameterError:
-        raise
+        builtin = parse_builtin(data) is not None
+        config = RunConfig(**params)
     except ValueError as e:
         raise ParameterError(f"Parameter {e}") from None
+    if not builtin and not Path(data).expanduser().exists():
+        raise ParameterError(f"Parameter data = {data!r} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
+    return config
 
 
 def check_device(device: str) -> torch.device:
@@ -93,7 +93,9 @@ def _table(header: list[str], rows: list[list], first_width: int = 1) -> str:
     (pandoc reads relative column widths from the dashes of the separator line)."""
     dashes = ["-" * 4 * first_width] + ["-" * 4] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(dashes) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    # Pipes escaped; a minus sign (U+2212), not a hyphen, so that LaTeX does not break "−7,633" after it.
+    lines += ["| " + " | ".join(re.sub(r"^-(?=\d)", "−", str(c)).replace("|", "\\|") for c in row) + " |"
+              for row in rows]
     return "\n".join(lines)
 
 
@@ -140,15 +142,9 @@ def hyperparameters_markdown(run: Run) -> str:
 # ---------------------------------------------------------------- Q8: the discussion, from the runs' numbers
 
 
-def label(run: Run) -> str:
-    """How tables and figures name a run: 'KL weight 1', or 'σ-VAE, KL weight 1'."""
-    prefix = "σ-VAE, " if run.config.likelihood == "sigma-vae" else ""
-    return f"{prefix}KL weight {run.config.kl_weight:g}"
-
-
 def measure_runs(runs: list[Run]) -> dict[str, dict]:
     """:func:`measure_run` for each run (reused from the run folders where stored), by label."""
-    return {label(run): measure_run(run) for run in runs}
+    return {run.label: measure_run(run) for run in runs}
 
 
 def results_table(measurements: dict[str, dict]) -> str:
@@ -193,7 +189,7 @@ def discussion_markdown(runs: dict[float, Run], measurements: dict[str, dict]) -
     for w in ASSIGNMENT_WEIGHTS:
         if w not in runs:
             raise ValueError(f"The discussion needs runs with KL weights 1, 100 and 0; weight {w:g} is missing.")
-    m = {w: measurements[label(run)] for w, run in runs.items()}
+    m = {w: measurements[run.label] for w, run in runs.items()}
     r, kl, nelbo, au = ({w: m[w][k] for w in runs} for k in ("distortion", "rate", "neg_elbo", "active_units"))
     d = runs[1.0].config.latent_dim
     curve = runs[1.0].history["val_neg_elbo"]
@@ -329,8 +325,10 @@ def _to_mathml(markdown: str) -> str:
 
 
 def _clean(nb, mathml: bool):
-    """Drop parameter cells and stderr streams. For HTML turn LaTeX maths into MathML; for
+    """Drop parameter cells and stderr streams, and widgets in favour of their still images
+    (a static page has no kernel to drive them). For HTML turn LaTeX maths into MathML; for
     LaTeX drop the opening "# title" line, which LaTeX's own title page shows."""
+    nb.metadata.pop("widgets", None)
     cells = []
     first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     if first is not None and not mathml and first.source.startswith("# "):
@@ -344,6 +342,7 @@ def _clean(nb, mathml: bool):
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
             for o in cell.outputs:
+                o.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
                 if mathml and "text/markdown" in o.get("data", {}):
                     o.data["text/markdown"] = _to_mathml(o.data["text/markdown"])
         cells.append(cell)

@@ -128,6 +128,12 @@ class Run:
     def finished(self) -> bool:
         return self.epochs_done >= self.config.epochs
 
+    @property
+    def label(self) -> str:
+        """How tables and figures name a run: 'KL weight 1', or 'σ-VAE, KL weight 1'."""
+        prefix = "σ-VAE, " if self.config.likelihood == "sigma-vae" else ""
+        return f"{prefix}KL weight {self.config.kl_weight:g}"
+
 
 # ---------------------------------------------------------------- atomic files
 

@@ -1,0 +1,142 @@
+"""The callbacks of notebooks/explore.ipynb, without a browser, and the notebook under papermill."""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import papermill
+import pytest
+import torch
+from papermill.exceptions import PapermillExecutionError
+
+from vaehelpers.explore import Explorer, finished_runs, png
+from vaehelpers.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cache = root / "cache"
+    for weight in (1.0, 0.0):
+        fit(data="builtin:200", image_size=64, base_channels=8, latent_dim=5, epochs=2, batch_size=50,
+            kl_weight=weight, runs_dir=root, progress=False, cache_dir=cache)
+    with pytest.raises(KeyboardInterrupt):  # an unfinished run is not offered
+        fit(data="builtin:200", image_size=64, base_channels=8, latent_dim=5, epochs=3, batch_size=50,
+            runs_dir=root, progress=False, cache_dir=cache, on_epoch_end=_interrupt)
+    return root
+
+
+def _interrupt(epoch, row):
+    raise KeyboardInterrupt
+
+
+@pytest.fixture
+def explorer(runs_dir, monkeypatch):
+    monkeypatch.setenv("VAEHELPERS_CACHE", str(runs_dir / "cache"))
+    return Explorer.open(next(p for p in runs_dir.iterdir() if "_kl1_" in p.name))
+
+
+def test_finished_runs_are_listed_by_weight(runs_dir, tmp_path):
+    labels = list(finished_runs(runs_dir))
+    assert len(labels) == 2 and labels[0].startswith("KL weight 0 —") and labels[1].startswith("KL weight 1 —")
+    assert finished_runs(tmp_path) == {}
+
+
+def test_sliders_start_at_mu_and_decode_to_the_reconstruction(explorer):
+    assert sorted(explorer.dims_by_kl) == list(range(5))
+    assert explorer.kl[explorer.dims_by_kl[0]] >= explorer.kl[explorer.dims_by_kl[-1]]
+    z = explorer.code_of(3)
+    original, reconstruction, error = explorer.reconstruction(3)
+    assert torch.equal(explorer.decode(z), reconstruction) and torch.equal(original, explorer.images[3])
+    assert error.shape == (3, 64, 64) and error.dtype == torch.uint8
+    assert torch.equal(error[0], error[1])  # grey
+    moved = list(z)
+    moved[explorer.dims_by_kl[0]] += 3
+    assert not torch.equal(explorer.decode(moved), reconstruction)
+
+
+def test_interpolation_ends_and_spherical_path(explorer):
+    start, end = explorer.interpolate(0, 1, 0.0), explorer.interpolate(0, 1, 1.0)
+    assert torch.equal(start, explorer.decode(explorer.code_of(0))) and torch.equal(end, explorer.decode(explorer.code_of(1)))
+    assert torch.equal(explorer.interpolate(0, 1, 0.0, spherical=True), start)
+    assert not torch.equal(explorer.interpolate(0, 1, 0.5, spherical=True), explorer.interpolate(0, 1, 0.5))
+
+
+def test_prior_samples_repeat_for_a_seed(explorer):
+    a, b, c = explorer.prior_samples(4, 7), explorer.prior_samples(4, 7), explorer.prior_samples(4, 8)
+    assert a.shape == (4, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_each_update_takes_under_100_ms(explorer):
+    updates = {
+        "slider": lambda: png(explorer.decode([0.5] * 5), scale=4),
+        "interpolation": lambda: png(explorer.interpolate(0, 1, 0.3, spherical=True), scale=3),
+        "prior": lambda: png(explorer.prior_samples(16, 1), scale=2, nrow=8),
+        "reconstruction": lambda: png(torch.stack(explorer.reconstruction(2)), scale=4),
+    }
+    for name, update in updates.items():
+        update()  # warm-up
+        started = time.perf_counter()
+        for _ in range(5):
+            update()
+        assert (time.perf_counter() - started) / 5 < 0.1, name
+
+
+def test_png_is_an_image(explorer):
+    data = png(explorer.images[:3], scale=2)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_notebook_runs_and_keeps_still_images_for_readers_without_a_kernel(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEHELPERS_CACHE", str(runs_dir / "cache"))
+    out = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(ROOT / "notebooks" / "explore.ipynb", out, parameters={"runs_dir": str(runs_dir)},
+                               progress_bar=False)
+    outputs = [o for cell in json.loads(out.read_text())["cells"] for o in cell.get("outputs", [])]
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    stills = [o for o in widgets if "image/png" in o["data"]]
+    assert len(widgets) == 5 and len(stills) == 4  # the run chooser falls back to a line of text
+    assert all(base64.b64decode(o["data"]["image/png"])[:4] == b"\x89PNG" for o in stills)
+    from vaehelpers.report import export_html
+    html = export_html(out, tmp_path / "explore.html").read_text()
+    assert html.count('src="data:image/png;base64,') >= 4 and "run: KL weight" in html
+    assert not any(placeholder in html for placeholder in ("VBox(", "HBox(", "Dropdown("))
+
+
+def test_notebook_without_runs_says_which_command_makes_one(tmp_path):
+    with pytest.raises(PapermillExecutionError) as raised:
+        papermill.execute_notebook(ROOT / "notebooks" / "explore.ipynb", tmp_path / "out.ipynb",
+                                   parameters={"runs_dir": str(tmp_path)}, progress_bar=False)
+    assert "make report" in raised.value.evalue
+
+
+def test_widgets_are_wired_to_the_callbacks(runs_dir, monkeypatch):
+    """Run the notebook's cells in this process, then move each control as a person would."""
+    monkeypatch.setenv("VAEHELPERS_CACHE", str(runs_dir / "cache"))
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda *args, **kwargs: None)
+    ns = {}
+    for cell in json.loads((ROOT / "notebooks" / "explore.ipynb").read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), ns)
+            ns["runs_dir"] = str(runs_dir)
+
+    def changes(image, act):
+        before = bytes(image.value)
+        act()
+        return bytes(image.value) != before
+
+    assert changes(ns["decoded"], lambda: setattr(ns["sliders"][0], "value", 2.5))
+    assert changes(ns["path"], lambda: setattr(ns["b"], "value", 7))  # the strip ends with the real image b
+    ns["t"].value, ns["mode"].value = 0.9, "spherical"  # callbacks run without error
+    assert changes(ns["samples"], lambda: ns["draw"].click()) and ns["seed"].value == 1
+    assert changes(ns["triple"], lambda: setattr(ns["which"], "value", 5))
+    ns["to_zero"].click()
+    assert all(slider.value == 0 for slider in ns["sliders"])
+    first = ns["ex"]
+    ns["choose"].value = list(ns["runs"])[1]
+    assert ns["ex"] is not first and ns["ex"].run.label == "KL weight 1"
