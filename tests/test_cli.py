@@ -49,7 +49,8 @@ def test_second_build_reuses_the_runs(built, capsys):
     stamps = {p: (p / "checkpoint.pt").stat().st_mtime_ns for p in runs.iterdir()}
     assert main(["report", *TINY, "--runs-dir", str(runs), "--out", str(built)]) == 0
     assert {p: (p / "checkpoint.pt").stat().st_mtime_ns for p in runs.iterdir()} == stamps
-    assert "epoch 1/2" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "epoch 1/2" not in out and out.count("is up to date") == 6  # no run notebook executed again
 
 
 def test_missing_data_is_one_clear_line(tmp_path, capsys):

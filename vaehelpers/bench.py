@@ -19,7 +19,7 @@ from .data import load_images
 from .faces import make_faces
 from .model import ConvVAE
 from .objective import vae_loss
-from .train import _autocast, resolve_device
+from .train import autocast, resolve_device
 
 
 def _timed(fn):
@@ -43,8 +43,11 @@ def bench_loading(n_images: int = 21551) -> list[str]:
         np.savez(root / "animation.npz", images)
         for source in (folder, root / "animation.npz"):
             cache = root / f"cache-{source.name}"
-            _, first = _timed(lambda: load_images(source, 64, cache_dir=cache))
-            second = sorted(_timed(lambda: load_images(source, 64, cache_dir=cache))[1] for _ in range(3))[1]
+            def load(source=source, cache=cache):
+                return load_images(source, 64, cache_dir=cache)
+
+            _, first = _timed(load)
+            second = sorted(_timed(load)[1] for _ in range(3))[1]
             lines.append(f"{source.name} ({n_images} images): first load {first:.2f} s, "
                          f"cached {second:.3f} s (median of 3; {first / second:.0f}x faster)")
     return lines
@@ -83,7 +86,7 @@ def bench_training(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-            with _autocast(dev):
+            with autocast(dev):
                 x_hat, mu, logvar = model(x)
             loss = vae_loss(x, x_hat, mu, logvar, 1.0)
             optimizer.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .data import batches, load_images
 from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
-from .train import Run, _write_atomic, evaluate, reconstruct, to_uint8
+from .train import Run, write_atomic, evaluate, reconstruct, to_uint8
 
 CIRCULAR_FACTORS = ("hair_hue", "iris_hue", "background_hue")
 """Hues wrap around: a probe predicts their cosine and sine, and their R² is the mean of the two."""
@@ -230,5 +230,5 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
         z_val = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
         result["probe_r2_sampled"] = factor_r2(z_train, train_factors, z_val, val_factors)
     result["seconds"] = time.perf_counter() - started
-    _write_atomic(path, json.dumps(result, indent=1).encode())
+    write_atomic(path, json.dumps(result, indent=1).encode())
     return result

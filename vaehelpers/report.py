@@ -305,15 +305,37 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     jobs += [(1.0, "sigma-vae", "run-kl1-sigma-vae.ipynb")] if sigma_vae else []
     for i, (w, likelihood, name) in enumerate(jobs, 1):
         what = f"KL weight {w:g}" + (", σ-VAE" if likelihood == "sigma-vae" else "")
+        parameters = dict(common, kl_weight=w, likelihood=likelihood)
+        if _up_to_date(out / name, notebooks / "run.ipynb", parameters):
+            print(f"== run {i} of {len(jobs)}, {what}: {out / name} is up to date", flush=True)
+            continue
         print(f"== run {i} of {len(jobs)}, {what}: notebooks/run.ipynb -> {out / name}", flush=True)
         papermill.execute_notebook(notebooks / "run.ipynb", out / name, log_output=True, progress_bar=False,
-                                   parameters=dict(common, kl_weight=w, likelihood=likelihood))
+                                   parameters=parameters)
     print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
     papermill.execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
                                parameters=dict(common, kl_weights=weights, sigma_vae=sigma_vae))
     html = export_html(out / "report.ipynb", out / "report.html")
     pdf = export_pdf(out / "report.ipynb", out / "report.pdf")
     return {"html": html, "pdf": pdf, "notebook": out / "report.ipynb"}
+
+
+def _up_to_date(executed: Path, source: Path, parameters: dict) -> bool:
+    """Whether ``executed`` ran the current ``source`` with these parameters, without error, to a finished run.
+
+    Such a notebook would only reload its finished run and redraw the same figures.
+    """
+    import nbformat
+
+    if not executed.exists() or executed.stat().st_mtime < source.stat().st_mtime:
+        return False
+    nb = nbformat.read(executed, as_version=4)
+    papermill_info = nb.metadata.get("papermill", {})
+    if papermill_info.get("parameters") != parameters or papermill_info.get("exception"):
+        return False
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    folder = re.search(r"^run folder: (.+)$", printed, re.M)  # the run it drew must still be there
+    return folder is not None and (Path(folder.group(1)) / "checkpoint.pt").exists()
 
 
 def _to_mathml(markdown: str) -> str:

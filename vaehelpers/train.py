@@ -26,14 +26,14 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, batches, load_images, split_indices
+from .data import batches, load_images, split_indices
 from .model import ConvVAE, VAEConfig
 from .objective import LIKELIHOODS, bits_per_dim, vae_loss
 
@@ -138,7 +138,7 @@ class Run:
 # ---------------------------------------------------------------- atomic files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -147,10 +147,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _torch_save_atomic(path: Path, obj: object) -> None:
+def torch_save_atomic(path: Path, obj: object) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _history_csv(history: dict[str, list[float]]) -> bytes:
@@ -175,7 +175,7 @@ def read_history(path: Path) -> dict[str, list[float]]:
 # ---------------------------------------------------------------- evaluation
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     """bf16 mixed precision on CUDA; full precision elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -193,7 +193,7 @@ def evaluate(
     sums = dict.fromkeys(TERMS[:-1], 0.0)
     model.eval()
     for x in batches(images, batch_size):
-        with _autocast(device):
+        with autocast(device):
             x_hat, mu, logvar = model(x, generator)
         loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)
         for k in sums:
@@ -247,7 +247,7 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     model.train()
     sums = {k: torch.zeros((), device=images.device) for k in TERMS[:-1]}  # on the device: no sync per step
     for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
-        with _autocast(images.device):
+        with autocast(images.device):
             x_hat, mu, logvar = model(x, noise_gen)
         loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight, cfg.likelihood)
         optimizer.zero_grad(set_to_none=True)
@@ -327,8 +327,8 @@ def fit(
             "device": str(dev),
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
         }
-        _write_atomic(run_dir / "config.json", json.dumps(info, indent=1).encode())
-        _torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+        write_atomic(run_dir / "config.json", json.dumps(info, indent=1).encode())
+        torch_save_atomic(run_dir / "snapshots.pt", snapshots)
 
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
@@ -344,14 +344,14 @@ def fit(
 
         if epoch in cfg.snapshot_epochs:
             model.eval()
-            with torch.no_grad(), _autocast(dev):
+            with torch.no_grad(), autocast(dev):
                 snapshots["epochs"][epoch] = {
                     "recon": to_uint8(reconstruct(model, panel.float() / 255)),
                     "samples": to_uint8(model.decode(prior_z.to(dev))),
                 }
-            _torch_save_atomic(run_dir / "snapshots.pt", snapshots)
-        _write_atomic(run_dir / "history.csv", _history_csv(history))
-        _torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epoch complete
+            torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+        write_atomic(run_dir / "history.csv", _history_csv(history))
+        torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epoch complete
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
         })
