@@ -13,6 +13,7 @@ from papermill.exceptions import PapermillExecutionError
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY = dict(data="builtin:150", epochs=2, image_size=32, base_channels=8, latent_dim=4, batch_size=50)
+# the three notebooks under nbval, in that order: explore.ipynb explores the runs report.ipynb trains
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -62,9 +63,11 @@ def test_papermill_whole_number_kl_weight_names_the_float_run(tmp_path):
 def test_notebooks_pass_nbval_with_tiny_parameters(tmp_path):
     runs = str(tmp_path / "runs")
     for name, params in (("run.ipynb", dict(TINY, kl_weight=1, runs_dir=runs)),
-                         ("report.ipynb", dict(TINY, runs_dir=runs))):
+                         ("report.ipynb", dict(TINY, runs_dir=runs)),
+                         ("explore.ipynb", dict(runs_dir=runs))):  # explores the runs report.ipynb trained
         papermill.execute_notebook(ROOT / "notebooks" / name, tmp_path / name, parameters=params, prepare_only=True)
     result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                             "run.ipynb", "report.ipynb"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                             "run.ipynb", "report.ipynb", "explore.ipynb"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)
