@@ -35,9 +35,9 @@ report: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# JupyterLab on the project's environment, opening the interactive explorer.
+# JupyterLab on the project's environment, opening the interactive explorer (as root, too: containers).
 lab: $(VENV)/.installed
-	$(PY) -m jupyter lab notebooks/explore.ipynb
+	$(PY) -m jupyter lab notebooks/explore.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf

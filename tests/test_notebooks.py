@@ -71,3 +71,12 @@ def test_notebooks_pass_nbval_with_tiny_parameters(tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)
+
+
+def test_relative_paths_in_notebooks_start_at_the_project_folder(tmp_path, monkeypatch):
+    from vaehelpers.report import PROJECT, project_path, run_config
+
+    monkeypatch.chdir(tmp_path)  # JupyterLab starts kernels in notebooks/, papermill in the caller's folder
+    assert project_path("runs") == PROJECT / "runs" and project_path(tmp_path) == tmp_path
+    assert run_config(data="notebooks").data == str(PROJECT / "notebooks")  # a folder that exists in the project
+    assert run_config(data="builtin:10").data == "builtin:10"

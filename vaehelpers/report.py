@@ -21,12 +21,23 @@ from .measure import measure_run
 from .model import layer_table
 from .train import Run, RunConfig, fit, resolve_device
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+PROJECT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = PROJECT / "notebooks"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
 REPORT_WEIGHTS = (1.0, 100.0, 0.0, 0.1, 10.0)
 """The assignment's three weights, then two more for the rate–distortion curve."""
 LATEX_PACKAGES = "texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core"
+
+
+def project_path(path: str | Path) -> Path:
+    """A notebook's relative path taken from the project folder, not from the kernel's folder.
+
+    JupyterLab starts a kernel in the notebook's own folder (notebooks/), papermill in the
+    caller's; anchoring relative paths at the project makes "runs" mean the same in both.
+    """
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT / path
 
 
 class ParameterError(ValueError):
@@ -51,10 +62,12 @@ def run_config(**params) -> RunConfig:
     data = str(params.get("data", "builtin"))
     try:
         builtin = parse_builtin(data) is not None
+        if not builtin:
+            params = dict(params, data=str(project_path(data)))
         config = RunConfig(**params)
     except ValueError as e:
         raise ParameterError(f"Parameter {e}") from None
-    if not builtin and not Path(data).expanduser().exists():
+    if not builtin and not Path(config.data).exists():
         raise ParameterError(f"Parameter data = {data!r} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
     return config
 
@@ -82,7 +95,7 @@ def report_runs(kl_weights: list[float], runs_dir: str = "runs", device: str = "
         raise ParameterError(f"Parameter kl_weights = {kl_weights!r} lacks {', '.join(missing)}: the report needs 1, 100 and 0.")
     configs = {w: run_config(kl_weight=w, likelihood=likelihood, **settings) for w in weights}
     check_device(device)
-    return {w: fit(cfg, runs_dir=runs_dir, device=device, progress="epochs") for w, cfg in configs.items()}
+    return {w: fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs") for w, cfg in configs.items()}
 
 
 # ---------------------------------------------------------------- generated text for Q1
@@ -307,6 +320,8 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     import papermill
 
     out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
+    if "data" in settings and parse_builtin(settings["data"]) is None:  # relative to the caller, not the project
+        settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
     out.mkdir(parents=True, exist_ok=True)
     _show_notebook_output()
     common = dict(settings, device=device, runs_dir=str(runs_path))
