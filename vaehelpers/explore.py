@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .data import load_images
+from .figures import grid_image
 from .measure import encode_all
 from .objective import kl_per_dim
 from .train import Run, load_run, to_uint8
@@ -99,12 +100,9 @@ class Explorer:
 
 def png(images: torch.Tensor, scale: int = 2, nrow: int | None = None) -> bytes:
     """uint8 images (3×S×S, or N×3×S×S laid out in a row or a grid of ``nrow``) as PNG bytes."""
-    from torchvision.utils import make_grid
-
     if images.dim() == 3:
         images = images[None]
-    grid = make_grid(images, nrow=nrow or len(images), padding=2, pad_value=255).permute(1, 2, 0).numpy()
-    picture = Image.fromarray(grid)
+    picture = Image.fromarray(grid_image(images, nrow or len(images)).numpy())
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
