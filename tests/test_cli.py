@@ -64,3 +64,9 @@ def test_bad_kl_weights_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["report", "--kl-weights", "1,-5"])
     assert "none negative" in capsys.readouterr().err
+
+
+def test_bad_precision_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

@@ -39,6 +39,7 @@ def test_first_code_cell_holds_plain_parameters(name):
     (dict(epochs=2.5), "epochs = 2.5 should be a whole number."),
     (dict(data="/nowhere/animation.npz"), "data = '/nowhere/animation.npz' does not exist"),
     (dict(device="gpu"), "device = 'gpu' is not a device"),
+    (dict(precision="half"), "precision must be one of auto, bf16, fp32; got 'half'."),
 ])
 def test_bad_parameter_stops_in_the_first_cells_with_one_sentence(tmp_path, bad, message):
     params = dict(TINY, runs_dir=str(tmp_path / "runs"), **bad)

@@ -3,7 +3,10 @@ import json
 import pytest
 import torch
 
-from vaehelpers.train import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, fit, key_epochs, load_run
+from vaehelpers import train
+from vaehelpers.data import load_images, split_indices
+from vaehelpers.train import (HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, evaluate, fit, key_epochs, load_run,
+                              resolve_precision)
 
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
@@ -43,19 +46,21 @@ def test_same_seed_same_history_and_finished_run_is_reused(tmp_path):
     assert calls == [] and again.dir == a.dir and (a.dir / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
-def test_interrupted_run_resumes_to_the_same_history(tmp_path):
-    whole = fit(runs_dir=tmp_path / "whole", progress=False, **TINY)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_interrupted_run_resumes_to_the_same_history(tmp_path, precision):
+    tiny = dict(TINY, precision=precision)
+    whole = fit(runs_dir=tmp_path / "whole", progress=False, **tiny)
 
     def interrupt(epoch, row):
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, **TINY)
+        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, **tiny)
     partial = load_run(next((tmp_path / "cut").iterdir()))
     assert partial.epochs_done == 1 and not partial.finished
     resumed_epochs = []
-    resumed = fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=lambda e, r: resumed_epochs.append(e), **TINY)
+    resumed = fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=lambda e, r: resumed_epochs.append(e), **tiny)
     assert resumed_epochs == [2, 3]
     assert _without_time(resumed.history) == _without_time(whole.history)
     assert torch.equal(resumed.snapshots["epochs"][3]["samples"], whole.snapshots["epochs"][3]["samples"])
@@ -76,3 +81,34 @@ def test_whole_number_settings_name_the_same_run():
 def test_bad_settings_are_clear_errors(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         RunConfig(**bad)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    expected = "bf16" if native else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32" and resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    run = fit(runs_dir=tmp_path, progress=False, device="cpu", **dict(TINY, epochs=1))
+    assert run.config.precision == expected and f"_{expected}_" in run.dir.name
+    assert json.loads((run.dir / "config.json").read_text())["config"]["precision"] == expected
+
+
+def test_precision_is_part_of_the_run_identity(tmp_path):
+    runs = {p: fit(runs_dir=tmp_path / "runs", progress=False, **dict(TINY, epochs=1, precision=p)) for p in ("fp32", "bf16")}
+    assert runs["fp32"].dir != runs["bf16"].dir and len(list((tmp_path / "runs").iterdir())) == 2
+    assert _without_time(runs["fp32"].history) != _without_time(runs["bf16"].history)
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32; got 'fp16'"):
+        RunConfig(precision="fp16")
+
+
+def test_bf16_run_is_deterministic_and_validated_in_fp32(tmp_path):
+    a = fit(runs_dir=tmp_path / "a", progress=False, **dict(TINY, precision="bf16"))
+    b = fit(runs_dir=tmp_path / "b", progress=False, **dict(TINY, precision="bf16"))
+    assert _without_time(a.history) == _without_time(b.history)
+    # The recorded validation terms are the fp32 evaluation of the bf16-trained weights.
+    data = load_images(TINY["data"], TINY["image_size"])
+    _, val_idx = split_indices(len(data), TINY["val_fraction"], 0)
+    val = evaluate(a.model, data.images[val_idx], 1.0, seed=0 + TINY["epochs"])
+    assert val["neg_elbo"] == pytest.approx(a.history["val_neg_elbo"][-1], rel=1e-6)

@@ -18,8 +18,7 @@ from PIL import Image
 from .data import load_images
 from .faces import make_faces
 from .model import ConvVAE
-from .objective import vae_loss
-from .train import autocast, resolve_device
+from .train import adam, cpu_has_native_bf16, resolve_device, train_step
 
 
 def _timed(fn):
@@ -72,29 +71,57 @@ def bench_explore(base_channels: tuple[int, ...] = (16, 32), repeats: int = 20) 
     return lines
 
 
-def bench_training(device: str = "auto", base_channels: tuple[int, ...] = (16, 32), batch_size: int = 100,
-                   steps: int = 20) -> list[str]:
-    """Training images per second of the 64×64 ConvVAE (forward, backward, Adam step)."""
+def training_rate(device: torch.device, base_channels: int, precision: str, batch_size: int = 100,
+                  steps: int = 20, warmup: int = 3) -> float:
+    """Training images per second of the 64×64 ConvVAE (forward, backward, Adam step) on random images."""
+    torch.manual_seed(0)
+    model = ConvVAE(20, 64, base_channels).to(device, memory_format=torch.channels_last)
+    optimizer = adam(model, lr=1e-4)
+    x = torch.rand(batch_size, 3, 64, 64, device=device)
+    for step in range(steps + warmup):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        train_step(model, optimizer, x, 1.0, precision=precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def bench_training(device: str = "auto", base_channels: tuple[int, ...] = (16, 32)) -> list[str]:
+    """fp32 and bf16 training speed side by side, interleaved so that both see the same machine."""
     dev = resolve_device(device)
+    native = "native bf16" if dev.type != "cpu" or cpu_has_native_bf16() else "bf16 emulated: no AVX512-BF16/AMX"
     lines = []
     for channels in base_channels:
-        model = ConvVAE(20, 64, channels).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        x = torch.rand(batch_size, 3, 64, 64, device=dev)
-        for step in range(steps + 3):
-            if step == 3:  # after warm-up
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            with autocast(dev):
-                x_hat, mu, logvar = model(x)
-            loss = vae_loss(x, x_hat, mu, logvar, 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.objective.backward()
-            optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        rate = steps * batch_size / (time.perf_counter() - started)
-        lines.append(f"training on {dev} ({torch.get_num_threads()} threads), base_channels={channels}: "
-                     f"{rate:,.0f} images/s, {21551 / rate:.1f} s per epoch of 21,551 images")
+        rates = {p: [] for p in ("fp32", "bf16")}
+        for _ in range(3):  # median of three, alternating
+            for precision in rates:
+                rates[precision].append(training_rate(dev, channels, precision))
+        fp32, bf16 = (sorted(r)[1] for r in rates.values())
+        lines.append(f"training on {dev} ({torch.get_num_threads()} threads, {native}), base_channels={channels}: "
+                     f"fp32 {fp32:,.0f} images/s, bf16 {bf16:,.0f} images/s ({bf16 / fp32:.2f}x); "
+                     f"{21551 / bf16:.1f} s per epoch of 21,551 images in bf16")
     return lines
+
+
+def compare_precision(settings: dict, device: str = "auto", runs_dir: str = "runs") -> list[str]:
+    """Train one setting (KL weight 1) in fp32 and in bf16, reusing finished runs, and compare what they reach.
+
+    The validation −ELBO and PSNR are computed in fp32 for both, so the difference is the training's.
+    """
+    from .measure import measure_run
+    from .train import RunConfig, fit
+
+    results = {}
+    for precision in ("fp32", "bf16"):
+        run = fit(RunConfig(**dict(settings, kl_weight=1.0, precision=precision)), runs_dir=runs_dir, device=device,
+                  progress="epochs")
+        results[precision] = (run.history["val_neg_elbo"][-1], measure_run(run)["psnr_db"], sum(run.history["seconds"]))
+    (e32, p32, t32), (e16, p16, t16) = results["fp32"], results["bf16"]
+    described = ", ".join(f"{k} {v}" for k, v in settings.items())
+    return [f"KL weight 1, {described}, on {resolve_device(device)}:",
+            f"fp32: validation -ELBO {e32:,.2f} nats, PSNR {p32:.2f} dB, training {t32:.0f} s",
+            f"bf16: validation -ELBO {e16:,.2f} nats, PSNR {p16:.2f} dB, training {t16:.0f} s",
+            f"bf16 - fp32: -ELBO {100 * (e16 - e32) / e32:+.3f} %, PSNR {p16 - p32:+.2f} dB, time {t16 / t32:.2f}x"]

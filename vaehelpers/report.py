@@ -143,12 +143,16 @@ def architecture_markdown(run: Run) -> str:
             + f"\n\nTotal: {total:,} parameters.")
 
 
+PRECISION_TEXT = {"bf16": "bf16 autocast (weights, optimiser, losses and validation in fp32)", "fp32": "fp32"}
+
+
 def hyperparameters_markdown(run: Run) -> str:
     cfg, h = run.config, run.history
     rows = [["optimiser", f"Adam, learning rate {cfg.lr:g}"], ["batch size", cfg.batch_size],
             ["epochs", cfg.epochs], ["latent dimensions", cfg.latent_dim], ["image size", f"{cfg.image_size}×{cfg.image_size}"],
             ["channels", f"{run.model.config.channels}"], ["seed", cfg.seed],
-            ["device", run.info["device"]], ["training time (this run)", f"{sum(h['seconds']):.1f} s"]]
+            ["device", run.info["device"]], ["precision of training", PRECISION_TEXT[cfg.precision]],
+            ["training time (this run)", f"{sum(h['seconds']):.1f} s"]]
     return _table(["setting", "value"], rows)
 
 

@@ -26,16 +26,16 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import batches, load_images, split_indices
 from .model import ConvVAE, VAEConfig
-from .objective import LIKELIHOODS, bits_per_dim, vae_loss
+from .objective import LIKELIHOODS, VAELoss, bits_per_dim, vae_loss
 
 SPLITS = ("train", "val")
 TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
@@ -60,6 +60,7 @@ class RunConfig:
     panel_size: int = 8  # validation images reconstructed at each snapshot
     prior_samples: int = 32  # fixed prior codes decoded at each snapshot
     likelihood: str = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": see resolve_precision
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +72,7 @@ class RunConfig:
             ("panel_size", self.panel_size >= 2, "at least 2 (the interpolation uses two panel images)"),
             ("prior_samples", self.prior_samples >= 1, "at least 1"),
             ("likelihood", self.likelihood in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -88,7 +90,8 @@ class RunConfig:
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
         likelihood = "" if self.likelihood == "fixed" else f"_{self.likelihood}"
-        return f"{tag}_kl{self.kl_weight:g}{likelihood}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}_{digest}"
+        return (f"{tag}_kl{self.kl_weight:g}{likelihood}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}"
+                f"_{self.precision}_{digest}")
 
 
 def key_epochs(epochs: int) -> list[int]:
@@ -99,6 +102,25 @@ def key_epochs(epochs: int) -> list[int]:
 def default_snapshot_epochs(epochs: int) -> list[int]:
     """The key epochs, 10, 50 and every 5th, capped to the run's length."""
     return sorted({e for e in [10, 50, *range(5, epochs + 1, 5)] if e <= epochs} | set(key_epochs(epochs)))
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), not by emulation."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "fp32"]:
+    """``"auto"``: bf16 autocast on CUDA GPUs and on CPUs with native bf16, fp32 elsewhere (MPS included)."""
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -175,10 +197,11 @@ def read_history(path: Path) -> dict[str, list[float]]:
 # ---------------------------------------------------------------- evaluation
 
 
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str):
+    """The context of a training step's forward pass: bf16 autocast (convolutions and linear layers in
+    bf16, weights, gradients and the optimiser in fp32), or nothing for fp32. The losses cast to fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -187,14 +210,13 @@ def evaluate(
     model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 500, seed: int = 0,
     likelihood: str = "fixed",
 ) -> dict[str, float]:
-    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image)."""
+    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image), computed in fp32."""
     device = images.device
     generator = torch.Generator(device=device).manual_seed(seed)
     sums = dict.fromkeys(TERMS[:-1], 0.0)
     model.eval()
     for x in batches(images, batch_size):
-        with autocast(device):
-            x_hat, mu, logvar = model(x, generator)
+        x_hat, mu, logvar = model(x, generator)
         loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)
         for k in sums:
             sums[k] += getattr(loss, k).item() * len(x)
@@ -241,18 +263,33 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     return Run(run_dir, cfg, info, history, snapshots, model, epochs_done)
 
 
+def adam(model: ConvVAE, lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel (one pass over all parameters per step) where the device has one."""
+    device = next(model.parameters()).device
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float,
+               likelihood: str = "fixed", precision: str = "fp32", generator: torch.Generator | None = None) -> VAELoss:
+    """One optimiser step on a float batch in [0, 1]. The batch goes in channels-last order, which the
+    convolutions of oneDNN (CPU) and cuDNN run faster, in bf16 most of all."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device, precision):
+        x_hat, mu, logvar = model(x, generator)
+    loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)
+    optimizer.zero_grad(set_to_none=True)
+    loss.objective.backward()
+    optimizer.step()
+    return loss
+
+
 def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
                  shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm, epoch: int) -> dict[str, float]:
     """One pass over the shuffled training images; returns the terms' means over the epoch."""
     model.train()
     sums = {k: torch.zeros((), device=images.device) for k in TERMS[:-1]}  # on the device: no sync per step
     for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
-        with autocast(images.device):
-            x_hat, mu, logvar = model(x, noise_gen)
-        loss = vae_loss(x, x_hat, mu, logvar, cfg.kl_weight, cfg.likelihood)
-        optimizer.zero_grad(set_to_none=True)
-        loss.objective.backward()
-        optimizer.step()
+        loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen)
         for k in sums:
             sums[k] += getattr(loss, k).detach() * len(x)
         bar.update()
@@ -283,6 +320,7 @@ def fit(
     """
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, dev))  # part of the run's identity
     data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
     if (run_dir / "checkpoint.pt").exists():
@@ -297,8 +335,8 @@ def fit(
     panel = val_images[panel_idx.to(dev)]
     prior_z = torch.randn(cfg.prior_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
-    model = _build_model(cfg).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = _build_model(cfg).to(dev, memory_format=torch.channels_last)
+    optimizer = adam(model, cfg.lr)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     history: dict[str, list[float]] = {c: [] for c in HISTORY_COLUMNS}
@@ -344,7 +382,7 @@ def fit(
 
         if epoch in cfg.snapshot_epochs:
             model.eval()
-            with torch.no_grad(), autocast(dev):
+            with torch.no_grad():
                 snapshots["epochs"][epoch] = {
                     "recon": to_uint8(reconstruct(model, panel.float() / 255)),
                     "samples": to_uint8(model.decode(prior_z.to(dev))),
