@@ -25,7 +25,7 @@ def runs_dir(tmp_path_factory):
             kl_weight=weight, runs_dir=root, progress=False, cache_dir=cache)
     with pytest.raises(KeyboardInterrupt):  # an unfinished run is not offered
         fit(data="builtin:200", image_size=64, base_channels=8, latent_dim=5, epochs=3, batch_size=50,
-            runs_dir=root, progress=False, cache_dir=cache, on_epoch_end=_interrupt)
+            runs_dir=root, progress=False, cache_dir=cache, on_epoch_end=_interrupt, checkpoint_every=0)
     return root
 
 

@@ -13,7 +13,7 @@ TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, ep
 
 
 def _without_time(history):
-    return {k: v for k, v in history.items() if k != "seconds"}
+    return {k: v for k, v in history.items() if k not in ("seconds", "peak_gpu_mib")}
 
 
 def test_run_folder_holds_config_history_snapshots_and_weights(tmp_path):
@@ -56,7 +56,7 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, precision):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, **tiny)
+        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, checkpoint_every=0, **tiny)
     partial = load_run(next((tmp_path / "cut").iterdir()))
     assert partial.epochs_done == 1 and not partial.finished
     resumed_epochs = []
@@ -64,6 +64,28 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, precision):
     assert resumed_epochs == [2, 3]
     assert _without_time(resumed.history) == _without_time(whole.history)
     assert torch.equal(resumed.snapshots["epochs"][3]["samples"], whole.snapshots["epochs"][3]["samples"])
+
+
+def test_files_are_written_by_time_and_a_run_cut_between_writes_restarts_from_the_last(tmp_path, monkeypatch):
+    whole = fit(runs_dir=tmp_path / "whole", progress=False, **dict(TINY, epochs=4))
+    clock = iter(range(0, 1000, 10))  # each reading of the clock: 10 s later
+    monkeypatch.setattr(train, "_clock", lambda: next(clock))
+    written = []
+
+    def interrupt(epoch, row):
+        checkpoints = list((tmp_path / "cut").glob("*/checkpoint.pt"))
+        written.append(load_run(checkpoints[0].parent).epochs_done if checkpoints else 0)
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, checkpoint_every=15, **dict(TINY, epochs=4))
+    assert written == [0, 2, 2]  # read at 10 s, 20 s (15 s passed: written), 40 s (10 s since): at most every 15 s
+    monkeypatch.undo()
+    resumed_epochs = []
+    resumed = fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=lambda e, r: resumed_epochs.append(e),
+                  **dict(TINY, epochs=4))
+    assert resumed_epochs == [3, 4] and _without_time(resumed.history) == _without_time(whole.history)
 
 
 def test_snapshot_epochs_default():

@@ -36,6 +36,25 @@ def _weights(text: str) -> list[float]:
     return weights
 
 
+def run_summaries(runs_dir: str) -> list[str]:
+    """What each finished run under ``runs_dir`` cost and reached, one line each."""
+    from .explore import finished_runs
+    from .train import load_run
+
+    lines, total = [], 0.0
+    for folder in finished_runs(runs_dir).values():
+        run = load_run(folder)
+        h, images = run.history, run.info["split"]["train"]
+        seconds = sum(h["seconds"])
+        lines.append(f"{run.label} ({run.config.precision}, {run.info['device']}): {run.epochs_done} epochs of "
+                     f"{images:,} images in {seconds:.1f} s, {images * run.epochs_done / seconds:,.0f} images/s, "
+                     f"peak GPU memory {max(h['peak_gpu_mib']):,.0f} MiB, final validation -ELBO "
+                     f"{h['val_neg_elbo'][-1]:,.1f} nats")
+        total += seconds
+    lines.append(f"all {len(lines)} runs: {total:.1f} s of training (epochs with their validation and snapshots)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaehelpers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,12 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--images", type=int, default=21551, help="size of the folder and .npz used to time loading")
     bench.add_argument("--compare-precision", action="store_true",
-                       help="instead: train the default report's weight-1 run in fp32 and in bf16, compare the results")
+                       help="instead: train the quick budget's weight-1 run in fp32 and in bf16, compare the results")
+    bench.add_argument("--data", help="with --compare-precision: another data source for the quick budget")
+    bench.add_argument("--epochs", type=int, help="with --compare-precision: another number of epochs")
+    bench.add_argument("--runs-dir", default="runs", help="with --compare-precision: where the two runs go")
+    summary = sub.add_parser("summary", help="one line per finished run: device, precision, speed, GPU memory, -ELBO")
+    summary.add_argument("--runs-dir", default="runs")
     args = parser.parse_args(argv)
+    if args.command == "summary":
+        for line in run_summaries(args.runs_dir):
+            print(line, flush=True)
+        return 0
     if args.command == "bench":
         from .bench import bench_explore, bench_loading, bench_training, compare_precision
 
-        lines = (compare_precision(QUICK, args.device) if args.compare_precision else
+        quick = {**QUICK, **{k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}}
+        lines = (compare_precision(quick, args.device, args.runs_dir) if args.compare_precision else
                  bench_training(args.device) + bench_explore() + bench_loading(args.images))
         for line in lines:
             print(line, flush=True)

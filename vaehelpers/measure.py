@@ -12,6 +12,7 @@ built-in faces, which generative factors a linear probe can read from the codes.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from .data import batches, load_images
 from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
-from .train import Run, write_atomic, evaluate, reconstruct, to_uint8
+from .train import Run, evaluate, reconstruct, resolve_device, to_uint8, write_atomic
 
 CIRCULAR_FACTORS = ("hair_hue", "iris_hue", "background_hue")
 """Hues wrap around: a probe predicts their cosine and sine, and their R² is the mean of the two."""
@@ -159,10 +160,11 @@ MEASUREMENT_VERSION = 2
 
 
 def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int = 256, probe_images: int = 2000,
-                cache_dir: str | os.PathLike | None = None) -> dict:
+                cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict:
     """Every measurement of a run on its validation images, stored in ``measurements.json``.
 
-    A stored file with the same options and the same number of trained epochs is reused.
+    The networks run in fp32 on ``device`` (the statistics on the CPU). A stored file with
+    the same options and the same number of trained epochs is reused.
     """
     options = {"k": k, "iwae_images": iwae_images, "mmd_images": mmd_images, "probe_images": probe_images,
                "epochs_done": run.epochs_done, "version": MEASUREMENT_VERSION}
@@ -172,21 +174,23 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
         if stored.get("options") == options:
             return stored
     started = time.perf_counter()
-    cfg, model = run.config, run.model.eval()
+    dev = resolve_device(str(device))
+    cfg, model = run.config, copy.deepcopy(run.model).to(dev).eval()
     data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
     val_idx = torch.tensor(run.info["split"]["val_indices"])
     val = data.images[val_idx]
     num_dims = val[0].numel()
 
-    terms = evaluate(model, val, cfg.kl_weight, seed=cfg.seed, likelihood=cfg.likelihood)
+    terms = evaluate(model, val.to(dev), cfg.kl_weight, seed=cfg.seed, likelihood=cfg.likelihood)
     mu, logvar = encode_all(model, val)
-    recon = torch.cat([to_uint8(reconstruct(model, x)) for x in batches(val, 500)])
+    recon = torch.cat([to_uint8(reconstruct(model, x)) for x in batches(val.to(dev), 500)])
     mse_mu = float(((recon.float() - val.float()) / 255).pow(2).mean())
     calibrated_variance = terms["recon"] / num_dims
     variance = calibrated_variance if cfg.likelihood == "sigma-vae" else 0.5
     iwae = iwae_bound(model, val[:iwae_images], k=k, variance=variance, seed=cfg.seed)
 
-    prior_decoded = to_uint8(model.sample(min(mmd_images, len(val)), torch.Generator().manual_seed(cfg.seed + 2)))
+    prior_z = torch.randn(min(mmd_images, len(val)), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    prior_decoded = to_uint8(model.decode(prior_z.to(dev)))  # the same codes on any device
     real = val[:mmd_images]
 
     def small(images: torch.Tensor) -> torch.Tensor:  # 16×16: the MMD compares overall look, not pixels
@@ -194,6 +198,7 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
 
     result = {
         "options": options,
+        "device": str(dev),
         "kl_weight": cfg.kl_weight,
         "likelihood": cfg.likelihood,
         "neg_elbo": terms["neg_elbo"],

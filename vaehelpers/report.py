@@ -159,9 +159,9 @@ def hyperparameters_markdown(run: Run) -> str:
 # ---------------------------------------------------------------- Q8: the discussion, from the runs' numbers
 
 
-def measure_runs(runs: list[Run]) -> dict[str, dict]:
+def measure_runs(runs: list[Run], device: str = "cpu") -> dict[str, dict]:
     """:func:`measure_run` for each run (reused from the run folders where stored), by label."""
-    return {run.label: measure_run(run) for run in runs}
+    return {run.label: measure_run(run, device=device) for run in runs}
 
 
 def results_table(measurements: dict[str, dict]) -> str:

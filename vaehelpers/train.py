@@ -4,15 +4,18 @@ A run folder holds
   * ``config.json`` — the settings, the data set, the train/validation split, the device;
   * ``history.csv`` — one row per epoch: for ``train`` and ``val``, the reconstruction
     term, the KL term, the weighted objective, the true −ELBO (nats per image) and bits
-    per dimension (see :mod:`vaehelpers.objective` for the conventions). Training values
-    are averaged over the epoch's mini-batches; validation values are computed with the
+    per dimension (see :mod:`vaehelpers.objective` for the conventions), the epoch's
+    seconds and the peak GPU memory so far (MiB; 0 off CUDA). Training values are
+    averaged over the epoch's mini-batches; validation values are computed with the
     model at the end of the epoch, with one sample z ~ q(z|x) per image;
   * ``snapshots.pt`` — a fixed panel of validation images, their reconstructions (from μ)
     and the decodings of a fixed set of prior codes at each snapshot epoch;
   * ``checkpoint.pt`` — the weights, the optimiser and the random-number state.
 
-Every file is replaced atomically; an interrupted run resumes from its last completed
-epoch and, on the CPU, ends with the same history as an uninterrupted one.
+Every file is replaced atomically, at most every ``checkpoint_every`` seconds (30 by
+default) and after the last epoch, so that at GPU speed (epochs well under a second) the
+writes do not dominate. An interrupted run resumes from its last checkpoint and, on the
+CPU, ends with the same history as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from .objective import LIKELIHOODS, VAELoss, bits_per_dim, vae_loss
 
 SPLITS = ("train", "val")
 TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
-HISTORY_COLUMNS = ["epoch"] + [f"{s}_{t}" for s in SPLITS for t in TERMS] + ["seconds"]
+HISTORY_COLUMNS = ["epoch"] + [f"{s}_{t}" for s in SPLITS for t in TERMS] + ["seconds", "peak_gpu_mib"]
 
 
 @dataclass
@@ -105,6 +108,7 @@ def default_snapshot_epochs(epochs: int) -> list[int]:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+_clock = time.monotonic  # when the run's files were last written (replaced in tests)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -189,6 +193,7 @@ def read_history(path: Path) -> dict[str, list[float]]:
     history: dict[str, list[float]] = {c: [] for c in HISTORY_COLUMNS}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            row.setdefault("peak_gpu_mib", "0")  # not recorded by runs made before it was
             for c in HISTORY_COLUMNS:
                 history[c].append(int(row[c]) if c == "epoch" else float(row[c]))
     return history
@@ -207,20 +212,21 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate(
-    model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 500, seed: int = 0,
+    model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 1000, seed: int = 0,
     likelihood: str = "fixed",
 ) -> dict[str, float]:
-    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image), computed in fp32."""
+    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image), computed in fp32
+    on the images' device, with one transfer of the results at the end."""
     device = images.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    sums = dict.fromkeys(TERMS[:-1], 0.0)
+    sums = {k: torch.zeros((), device=device) for k in TERMS[:-1]}
     model.eval()
     for x in batches(images, batch_size):
         x_hat, mu, logvar = model(x, generator)
         loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)
         for k in sums:
-            sums[k] += getattr(loss, k).item() * len(x)
-    means = {k: v / len(images) for k, v in sums.items()}
+            sums[k] += getattr(loss, k) * len(x)
+    means = {k: v.item() / len(images) for k, v in sums.items()}
     means["bits_per_dim"] = float(bits_per_dim(means["neg_elbo"], images[0].numel()))
     return means
 
@@ -288,14 +294,13 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     """One pass over the shuffled training images; returns the terms' means over the epoch."""
     model.train()
     sums = {k: torch.zeros((), device=images.device) for k in TERMS[:-1]}  # on the device: no sync per step
-    for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
+    for x in batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen):
         loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen)
         for k in sums:
             sums[k] += getattr(loss, k).detach() * len(x)
         bar.update()
-        if step % 10 == 0:
-            bar.set_postfix(epoch=epoch, loss=f"{loss.objective.item():.1f}")
-    means = {k: v.item() / len(images) for k, v in sums.items()}
+    means = {k: v.item() / len(images) for k, v in sums.items()}  # the epoch's one wait for the device
+    bar.set_postfix(epoch=epoch, objective=f"{means['objective']:.1f}")
     means["bits_per_dim"] = float(bits_per_dim(means["neg_elbo"], images[0].numel()))
     return means
 
@@ -308,6 +313,7 @@ def fit(
     cache_dir: str | os.PathLike | None = None,
     progress: bool | str = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint_every: float = 30.0,
     **settings,
 ) -> Run:
     """Train one VAE setting, or reuse/resume the run with the same settings.
@@ -316,7 +322,9 @@ def fit(
     The run's folder under ``runs_dir`` is named from the settings and the data.
     ``progress``: True for a tqdm bar with the running loss, ``"epochs"`` for one printed
     line per epoch (for logs and papermill), False for silence.
-    ``on_epoch_end(epoch, row)`` is called after each epoch has been written to disk.
+    ``on_epoch_end(epoch, row)`` is called after each epoch (after its files, where it wrote them).
+    ``checkpoint_every``: the least number of seconds between two writes of the run's files
+    (0: after every epoch); the last epoch is always written.
     """
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
@@ -368,6 +376,9 @@ def fit(
         write_atomic(run_dir / "config.json", json.dumps(info, indent=1).encode())
         torch_save_atomic(run_dir / "snapshots.pt", snapshots)
 
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    last_written = _clock()
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
@@ -377,6 +388,7 @@ def fit(
         val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
         row["seconds"] = time.perf_counter() - started
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else 0.0
         for c in HISTORY_COLUMNS:
             history[c].append(row[c])
 
@@ -387,12 +399,14 @@ def fit(
                     "recon": to_uint8(reconstruct(model, panel.float() / 255)),
                     "samples": to_uint8(model.decode(prior_z.to(dev))),
                 }
+        if epoch == cfg.epochs or _clock() - last_written >= checkpoint_every:
             torch_save_atomic(run_dir / "snapshots.pt", snapshots)
-        write_atomic(run_dir / "history.csv", _history_csv(history))
-        torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epoch complete
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
-        })
+            write_atomic(run_dir / "history.csv", _history_csv(history))
+            torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
+            })
+            last_written = _clock()
         if progress == "epochs":
             print(f"kl_weight={cfg.kl_weight:g} epoch {epoch}/{cfg.epochs}: objective {row['train_objective']:.1f}, "
                   f"validation -ELBO {row['val_neg_elbo']:.1f} nats ({row['seconds']:.1f} s)", flush=True)
