@@ -70,3 +70,33 @@ def test_bad_precision_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["report", "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "builtin:0"], "Data source 'builtin:0': write builtin:N with N a positive whole number"),
+    (["--base-channels", "0"], "base_channels must be at least 1"),
+    (["--kl-weights", "1,100"], "lacks 0: the report needs 1, 100 and 0."),
+    (["--lr", "inf"], "lr must be a finite number > 0; got inf."),
+    (["--data", "builtin:29"], "has 29 images, so its 5% validation split holds 1: the figures need 2, so use at least 30"),
+])
+def test_every_parameter_is_checked_before_any_run_trains(tmp_path, capsys, args, message):
+    assert main(["report", *args, "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing trained, no folder
+
+
+def test_infinite_kl_weight_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--kl-weights", "1,100,0,inf"])
+    assert "needs finite weights, none negative" in capsys.readouterr().err
+
+
+def test_a_diverging_report_fails_with_one_sentence_and_no_finished_run(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["report", *TINY, "--lr", "1e6", "--runs-dir", str(runs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: Training KL weight 1 (likelihood fixed, lr 1e+06) diverged at epoch 1, step ")
+    assert "try a lower learning rate (e.g. lr 100000)" in err
+    assert not list(runs.glob("*/checkpoint.pt"))  # nothing marked finished, nothing to reuse
+    assert not (tmp_path / "out" / "report.html").exists()

@@ -8,7 +8,8 @@ import torch
 from vaehelpers import train
 from vaehelpers.explore import Explorer
 from vaehelpers.measure import measure_run
-from vaehelpers.train import evaluate, fit, load_run
+from vaehelpers.store import load_run
+from vaehelpers.train import evaluate, fit
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(),

@@ -67,7 +67,7 @@ def test_formats_and_corrupt_and_non_image_files_are_counted(tmp_path):
     (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
     (tmp_path / "fake.jpg").write_text("not an image")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.warns(UserWarning, match=r"Skipped 3 of 8 files .* 2 unreadable .* 1 not images") as record:
+    with pytest.warns(UserWarning, match=r"Skipped 3 of 8 entries in .*: 1 corrupt \(truncated.png\), 2 not an image \(fake.jpg, notes.txt\)\.$") as record:
         loaded = _one(tmp_path)
     assert len(record) == 1 and "\n" not in str(record[0].message)
     assert len(loaded) == 5 and loaded.skipped == 3
@@ -80,7 +80,7 @@ def test_empty_folder_and_missing_path_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
         load_images(missing)
     (tmp_path / "only.txt").write_text("x")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="No readable images"):
+    with pytest.raises(ValueError, match=r"No usable images in .* \(1 not an image \(only.txt\)\): add PNG"):
         load_images(tmp_path)
 
 
@@ -150,3 +150,76 @@ def test_batches_cover_every_image_once_as_floats():
     assert all(b.dtype == torch.float32 and 0 <= b.min() and b.max() <= 1 for b in got)
     stacked = torch.cat(got)
     assert sorted((stacked * 255).round().flatten(1).sum(1).tolist()) == sorted(images.flatten(1).float().sum(1).tolist())
+
+
+def _png_declaring(path, width, height):
+    """A tiny PNG file whose header declares width × height pixels (a 'decompression bomb')."""
+    import struct
+    import zlib
+
+    buffer = bytearray((_save(path, np.zeros((1, 1, 3), np.uint8))).read_bytes())
+    buffer[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    buffer[29:33] = struct.pack(">I", zlib.crc32(bytes(buffer[12:29])))  # its CRC over type and data
+    path.write_bytes(bytes(buffer))
+
+
+def test_each_skipped_entry_is_counted_with_its_true_reason(tmp_path, monkeypatch):
+    tmp_path = tmp_path / "faces"  # beside the test's data cache, not around it
+    tmp_path.mkdir()
+    face = (np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)
+    _save(tmp_path / "ok.png", face)
+    _png_declaring(tmp_path / "bomb.png", 12_000, 12_000)
+    _save(tmp_path / "tiny.png", face[:4, :4])
+    (tmp_path / "locked.png").write_bytes((tmp_path / "ok.png").read_bytes())
+    (tmp_path / "private").mkdir()
+    _save(tmp_path / "private" / "hidden.png", face)
+    (tmp_path / "loop").symlink_to(tmp_path)  # a folder that contains itself
+    real_open, real_scandir = Image.open, data_module.os.scandir
+
+    def open_image(path, *args):  # as root, chmod does not stop reading: refuse it here
+        if str(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args)
+
+    def scandir(path):
+        if str(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(data_module.Image, "open", open_image)
+    monkeypatch.setattr(data_module.os, "scandir", scandir)
+    started = time.perf_counter()
+    with pytest.warns(UserWarning) as record:
+        loaded = _one(tmp_path)
+    assert time.perf_counter() - started < 5  # the 144-megapixel header was not decoded
+    message = str(record[0].message)
+    assert message == (f"Skipped 5 of 6 entries in {tmp_path}: 2 unreadable (locked.png, private), 1 too large "
+                       "(bomb.png), 1 too small (tiny.png), 1 symlink loop (loop).")
+    assert len(loaded) == 1 and loaded.skipped == 5
+    with pytest.warns(UserWarning, match="Skipped 5 of 6 entries") as again:  # a cached load says it too
+        assert load_images(tmp_path, 16).key == loaded.key
+    assert len(again) == 1
+
+
+def test_a_file_that_becomes_readable_is_decoded_again(tmp_path, monkeypatch):
+    tmp_path = tmp_path / "faces"  # beside the test's data cache, not around it
+    tmp_path.mkdir()
+    face = (np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)
+    _save(tmp_path / "a.png", face)
+    _save(tmp_path / "b.png", face)
+    real_open = Image.open
+    monkeypatch.setattr(data_module.Image, "open",
+                        lambda p, *a: (_ for _ in ()).throw(PermissionError(13, "denied")) if str(p).endswith("b.png")
+                        else real_open(p, *a))
+    (tmp_path / "b.png").chmod(0o000)
+    with pytest.warns(UserWarning, match="1 unreadable"):
+        assert len(_one(tmp_path)) == 1
+    monkeypatch.undo()
+    (tmp_path / "b.png").chmod(0o644)  # same size and modification time; its ctime changes
+    assert len(_one(tmp_path)) == 2
+
+
+def test_npz_of_python_objects_names_the_file(tmp_path):
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=f"Cannot read the arrays in {tmp_path / 'objects.npz'}"):
+        load_images(tmp_path / "objects.npz")

@@ -5,8 +5,8 @@ import torch
 
 from vaehelpers import train
 from vaehelpers.data import load_images, split_indices
-from vaehelpers.train import (HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, evaluate, fit, key_epochs, load_run,
-                              resolve_precision)
+from vaehelpers.store import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, key_epochs, load_run
+from vaehelpers.train import evaluate, fit, resolve_precision
 
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
@@ -19,7 +19,7 @@ def _without_time(history):
 def test_run_folder_holds_config_history_snapshots_and_weights(tmp_path):
     run = fit(runs_dir=tmp_path, progress=False, **TINY)
     assert run.finished and run.epochs_done == 3
-    assert {p.name for p in run.dir.iterdir()} == {"config.json", "history.csv", "snapshots.pt", "checkpoint.pt"}
+    assert {p.name for p in run.dir.iterdir()} == {"config.json", "history.csv", "snapshots.pt", "checkpoint.pt", ".lock"}
     info = json.loads((run.dir / "config.json").read_text())
     assert info["split"]["val"] == 12 and len(info["split"]["val_indices"]) == 12
     assert list(run.history) == HISTORY_COLUMNS and run.history["epoch"] == [1, 2, 3]

@@ -7,7 +7,8 @@ from .data import ImageSet, load_images, split_indices
 from .faces import make_faces
 from .model import ConvVAE
 from .objective import vae_loss
-from .train import Run, RunConfig, fit, load_run
+from .store import Run, RunConfig, load_run
+from .train import fit
 
 __all__ = ["ConvVAE", "ImageSet", "Run", "RunConfig", "fit", "load_images", "load_run", "make_faces",
            "split_indices", "vae_loss"]

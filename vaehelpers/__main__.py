@@ -14,8 +14,8 @@ import time
 
 from papermill.exceptions import PapermillExecutionError
 
-from .report import REPORT_WEIGHTS, build_report
-from .train import PRECISIONS
+from .report import REPORT_WEIGHTS, ParameterError, build_report
+from .store import PRECISIONS
 
 ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "base_channels": 32}
 """The reference report's settings, used when --data is given."""
@@ -31,15 +31,15 @@ def _weights(text: str) -> list[float]:
         weights = [float(w) for w in text.split(",") if w.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--kl-weights takes numbers separated by commas, e.g. 1,100,0; got {text!r}.") from None
-    if not weights or any(w < 0 for w in weights):
-        raise argparse.ArgumentTypeError(f"--kl-weights needs at least one weight, none negative; got {text!r}.")
+    if not weights or any(not 0 <= w < float("inf") for w in weights):
+        raise argparse.ArgumentTypeError(f"--kl-weights needs finite weights, none negative; got {text!r}.")
     return weights
 
 
 def run_summaries(runs_dir: str) -> list[str]:
     """What each finished run under ``runs_dir`` cost and reached, one line each."""
     from .explore import finished_runs
-    from .train import load_run
+    from .store import load_run
 
     lines, total = [], 0.0
     for folder in finished_runs(runs_dir).values():
@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
                                kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae, seed=args.seed,
                                **settings)
-    except PapermillExecutionError as e:
+    except PapermillExecutionError as e:  # a notebook stopped: a bad parameter, a damaged run, a diverged run
         print(f"error: {e.evalue}", file=sys.stderr)
+        return 2
+    except ParameterError as e:  # found before any notebook ran
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report written in {time.perf_counter() - started:.0f} s: "
           + ", ".join(str(p) for p in written.values() if p is not None), flush=True)

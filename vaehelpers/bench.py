@@ -112,7 +112,8 @@ def compare_precision(settings: dict, device: str = "auto", runs_dir: str = "run
     The validation −ELBO and PSNR are computed in fp32 for both, so the difference is the training's.
     """
     from .measure import measure_run
-    from .train import RunConfig, fit
+    from .store import RunConfig
+    from .train import fit
 
     results = {}
     for precision in ("fp32", "bf16"):

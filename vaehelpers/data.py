@@ -14,7 +14,9 @@ source's files (path, size and modification time of each) and the preprocessing 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -28,10 +30,15 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from . import faces
+from .files import locked, write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_PIXELS = 50_000_000
+"""Images of more pixels than this (50 megapixels) are skipped before they are decoded."""
+MIN_SIDE = 8
+"""Images narrower or lower than this, in pixels, are skipped rather than blown up."""
 DEFAULT_BUILTIN_SIZE = 10_000
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 """Bumped whenever preprocessing changes, so older caches are not reused."""
 
 
@@ -89,24 +96,51 @@ def preprocess_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+class Skip(ValueError):
+    """A file that is not used, with its reason: one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+SKIP_REASONS = ("unreadable", "corrupt", "not an image", "too large", "too small", "symlink loop")
+
+
 def decode_file(path: Path) -> torch.Tensor:
     """Decode an image file with Pillow to C×H×W: uint8, or float in [0, 1] for 16-bit images.
 
     (torchvision's own decoders are deprecated since 0.29; Pillow, which it depends on,
-    reads PNG, JPEG, WebP and BMP alike.) Raises ``ValueError`` for a corrupt, truncated
-    or non-image file.
+    reads PNG, JPEG, WebP and BMP alike.) The size is read from the header first: images of
+    more than :data:`MAX_PIXELS` pixels, or under :data:`MIN_SIDE` pixels on a side, are
+    refused before anything is decoded. Raises :class:`Skip` with the reason.
     """
     try:
-        with Image.open(path) as im:
-            im.load()  # decodes the whole file: a truncated one raises here
-            if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey
-                array = np.asarray(im, dtype=np.float32) / 65535.0
-            else:
-                if im.mode not in ("L", "LA", "RGB", "RGBA"):
-                    im = im.convert("RGBA" if im.has_transparency_data else "RGB")
-                array = np.asarray(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_PIXELS:
+                    raise Skip("too large", f"{width}×{height} is over {MAX_PIXELS / 1e6:g} megapixels")
+                if min(width, height) < MIN_SIDE:
+                    raise Skip("too small", f"{width}×{height} is under {MIN_SIDE} pixels on a side")
+                im.load()  # decodes the whole file: a truncated one raises here
+                if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey
+                    array = np.asarray(im, dtype=np.float32) / 65535.0
+                else:
+                    if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                        im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+                    array = np.asarray(im)
+    except Skip:
+        raise
+    except Image.DecompressionBombError as e:
+        raise Skip("too large", str(e)) from e
+    except PermissionError as e:
+        raise Skip("unreadable", str(e)) from e
+    except Image.UnidentifiedImageError as e:
+        raise Skip("not an image", str(e)) from e
     except Exception as e:  # Pillow raises many kinds of error for bad files
-        raise ValueError(f"cannot decode {path}: {e}") from e
+        raise Skip("corrupt", f"cannot decode {path}: {e}") from e
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1).copy()).permute(2, 0, 1)
 
 
@@ -115,24 +149,48 @@ def _fingerprint(path: Path) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def _folder_files(root: Path) -> list[list]:
-    """[relative path, size, mtime_ns] of every non-hidden file under ``root``, sorted.
+def _folder_files(root: Path) -> tuple[list[list], list[list[str]]]:
+    """Every non-hidden file under ``root`` as [relative path, size, mtime_ns, ctime_ns], sorted, and the
+    entries that could not be listed as [relative path, reason].
 
     ``os.scandir`` reads the file type from the directory itself, so a folder of tens of
-    thousands of images costs one ``stat`` per file.
+    thousands of images costs one ``stat`` per file. Symbolic links are followed, except into
+    a folder already being searched (a loop). The ctime changes with permissions, so a file
+    made readable again is decoded again.
     """
-    found, stack, prefix = [], [root], len(str(root)) + 1
+    found, skipped, prefix = [], [], len(str(root)) + 1
+    stack = [(root, frozenset({_dir_id(root)}))]
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
+        folder, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            skipped.append([str(folder)[prefix:] or ".", "unreadable"])
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relative = entry.path[prefix:]
+            try:
                 if entry.is_dir():
-                    stack.append(Path(entry.path))
+                    ident = _dir_id(Path(entry.path))
+                    if ident in ancestors:
+                        skipped.append([relative, "symlink loop"])
+                    else:
+                        stack.append((Path(entry.path), ancestors | {ident}))
                 elif entry.is_file():
                     st = entry.stat()
-                    found.append([entry.path[prefix:], st.st_size, st.st_mtime_ns])
-    return sorted(found)
+                    found.append([relative, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+                else:
+                    skipped.append([relative, "unreadable"])  # a broken link, a socket, ...
+            except OSError as e:
+                skipped.append([relative, "symlink loop" if e.errno == errno.ELOOP else "unreadable"])
+    return sorted(found), sorted(skipped)
+
+
+def _dir_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def _cache_key(description: dict) -> str:
@@ -140,34 +198,40 @@ def _cache_key(description: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def _load_folder(root: Path, relative_paths: list[str], image_size: int) -> tuple[torch.Tensor, int]:
-    files = [root / p for p in relative_paths]
-    images, unreadable, not_image = [], [], []
-    for path in files:
+def _load_folder(root: Path, relative_paths: list[str], image_size: int,
+                 skipped: list[list[str]]) -> tuple[torch.Tensor, list[list[str]]]:
+    """Decode and preprocess the listed files; returns the images and every skipped entry with its reason
+    (those of the listing, ``skipped``, included)."""
+    images, skipped = [], list(skipped)
+    for relative in relative_paths:
+        path = root / relative
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            not_image.append(path)
+            skipped.append([relative, "not an image"])
             continue
         try:
             images.append(preprocess(decode_file(path), image_size))
-        except ValueError:
-            unreadable.append(path)
-    skipped = len(unreadable) + len(not_image)
-    if skipped:
-        examples = ", ".join(p.name for p in (unreadable + not_image)[:3])
-        warnings.warn(
-            f"Skipped {skipped} of {len(files)} files in {root}: {len(unreadable)} unreadable "
-            f"(corrupt or truncated), {len(not_image)} not images (e.g. {examples}).",
-            stacklevel=3,
-        )
+        except Skip as e:
+            skipped.append([relative, e.reason])
     if not images:
-        raise ValueError(f"No readable images in {root}: add PNG, JPEG, WebP or BMP files to it or point to another folder.")
-    return torch.stack(images), skipped
+        raise ValueError(f"No usable images in {root} ({_skip_summary(skipped) or 'none found'}): add PNG, JPEG, "
+                         "WebP or BMP files to it or point to another folder.")
+    return torch.stack(images), sorted(skipped)
+
+
+def _skip_summary(skipped: list[list[str]]) -> str:
+    """'2 unreadable (a.png, b.png), 1 not an image (notes.txt)': each reason with up to three examples."""
+    parts = []
+    for reason in SKIP_REASONS:
+        names = [Path(p).name for p, r in skipped if r == reason]
+        if names:
+            more = ", …" if len(names) > 3 else ""
+            parts.append(f"{len(names)} {reason} ({', '.join(names[:3])}{more})")
+    return ", ".join(parts)
+
+
+def _warn_skipped(skipped: list[list[str]], total: int, root: str) -> None:
+    if skipped:
+        warnings.warn(f"Skipped {len(skipped)} of {total} entries in {root}: {_skip_summary(skipped)}.", stacklevel=4)
 
 
 def _load_array(path: Path, image_size: int) -> torch.Tensor:
@@ -176,8 +240,11 @@ def _load_array(path: Path, image_size: int) -> torch.Tensor:
     except Exception as e:
         raise ValueError(f"Cannot read {path} as a NumPy .npz/.npy file ({e}); give an array of shape (N, H, W, 3) uint8.") from e
     if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
+        try:
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+        except Exception as e:  # an object array (pickled Python objects), a damaged member
+            raise ValueError(f"Cannot read the arrays in {path} ({e}); give an array of shape (N, H, W, 3) uint8.") from e
         candidates = arrays if len(arrays) == 1 else {k: a for k, a in arrays.items() if a.ndim == 4}
         if len(candidates) != 1:
             shapes = ", ".join(f"{k} {a.shape}" for k, a in arrays.items())
@@ -236,10 +303,10 @@ def load_images(
         if not path.exists():
             raise FileNotFoundError(f"Data source {path} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
         if path.is_dir():
-            files = _folder_files(path)
-            if not files:
+            files, unlisted = _folder_files(path)
+            if not files and not unlisted:
                 raise ValueError(f"Data folder {path} is empty: add PNG, JPEG, WebP or BMP files to it.")
-            description = {"kind": "folder", "root": str(path.resolve()), "files": files}
+            description = {"kind": "folder", "root": str(path.resolve()), "files": files, "unlisted": unlisted}
         elif path.suffix.lower() in (".npz", ".npy"):
             description = {"kind": "array", "file": _fingerprint(path.resolve())}
         else:
@@ -249,35 +316,59 @@ def load_images(
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _cache_key(description)
-    images_file, meta_file = cache / f"{key}.npy", cache / f"{key}.json"
-    factors_file = cache / f"{key}-factors.npz"
-    if meta_file.exists() and images_file.exists():
+    with locked(cache / f"{key}.lock", f"the data cache entry of {name}"):  # one process builds it, others reuse it
+        cached = _read_cache(cache, key, name)
+        if cached is not None:
+            return cached
+        return _build_cache(cache, key, name, description, image_size, seed, None if n_builtin else path)
+
+
+def _read_cache(cache: Path, key: str, name: str) -> ImageSet | None:
+    """A complete cache entry, or None where it is missing or unreadable (it is then built again)."""
+    images_file, meta_file, factors_file = cache / f"{key}.npy", cache / f"{key}.json", cache / f"{key}-factors.npz"
+    try:
         meta = json.loads(meta_file.read_text())
+        images = torch.from_numpy(np.load(images_file, allow_pickle=False))
         factors = {}
         if factors_file.exists():
-            with np.load(factors_file) as z:
+            with np.load(factors_file, allow_pickle=False) as z:
                 factors = {k: z[k] for k in z.files}
-        return ImageSet(torch.from_numpy(np.load(images_file)), name, key, meta["skipped"], factors)
+        if len(images) != meta["count"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    _warn_skipped(meta["skipped_entries"], meta["entries"], name)  # a cached load says what it left out, too
+    return ImageSet(images, name, key, len(meta["skipped_entries"]), factors)
 
-    skipped, factors = 0, {}
+
+def _build_cache(cache: Path, key: str, name: str, description: dict, image_size: int, seed: int,
+                 path: Path | None) -> ImageSet:
+    skipped: list[list[str]] = []
+    factors: dict[str, np.ndarray] = {}
     if description["kind"] == "builtin":
-        array, factors = faces.make_faces(n_builtin, seed=seed, size=image_size)  # type: ignore[arg-type]
+        array, factors = faces.make_faces(description["n"], seed=seed, size=image_size)
         images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     elif description["kind"] == "folder":
-        images, skipped = _load_folder(path, [f[0] for f in description["files"]], image_size)
+        images, skipped = _load_folder(path, [f[0] for f in description["files"]], image_size, description["unlisted"])
     else:
         images = _load_array(path, image_size)
+    entries = len(images) + len(skipped)
+    _warn_skipped(skipped, entries, name)
 
     cache.mkdir(parents=True, exist_ok=True)
-    _save_atomic_npy(images_file, images.numpy())
+    write_atomic(cache / f"{key}.npy", _npy_bytes(np.save, images.numpy()))
     if factors:
-        tmp = factors_file.with_suffix(".tmp.npz")
-        np.savez(tmp, **factors)
-        os.replace(tmp, factors_file)
-    tmp_meta = meta_file.with_suffix(".tmp")
-    tmp_meta.write_text(json.dumps({"source": name, "skipped": skipped, "count": len(images)}))
-    os.replace(tmp_meta, meta_file)  # written last: its presence marks a complete entry
-    return ImageSet(images, name, key, skipped, factors)
+        write_atomic(cache / f"{key}-factors.npz", _npy_bytes(np.savez, **factors))
+    meta = {"source": name, "count": len(images), "entries": entries, "skipped_entries": skipped}
+    write_atomic(cache / f"{key}.json", json.dumps(meta).encode())  # written last: it marks a complete entry
+    return ImageSet(images, name, key, len(skipped), factors)
+
+
+def _npy_bytes(save, *args, **kwargs) -> bytes:
+    """What ``np.save`` or ``np.savez`` would write, as bytes."""
+    buffer = io.BytesIO()
+    save(buffer, *args, **kwargs)
+    return buffer.getvalue()
 
 
 def split_indices(n: int, val_fraction: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

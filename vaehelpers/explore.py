@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,21 @@ from .data import load_images
 from .figures import grid_image
 from .measure import encode_all
 from .objective import kl_per_dim
-from .train import Run, load_run, to_uint8
+from .store import Run, RunDamaged, load_run
+from .train import to_uint8
 
 
 def finished_runs(runs_dir: str | os.PathLike = "runs") -> dict[str, Path]:
-    """Finished run folders under ``runs_dir`` by a readable label, ordered by likelihood and KL weight."""
-    runs = [load_run(folder.parent) for folder in Path(runs_dir).glob("*/checkpoint.pt")]
+    """Finished run folders under ``runs_dir`` by a readable label, ordered by likelihood and KL weight.
+
+    A damaged folder is left out with a warning that names it (:class:`~vaehelpers.store.RunDamaged`).
+    """
+    runs = []
+    for checkpoint in Path(runs_dir).glob("*/checkpoint.pt"):
+        try:
+            runs.append(load_run(checkpoint.parent))
+        except RunDamaged as e:
+            warnings.warn(f"Left out: {e}", stacklevel=2)
     runs = sorted((r for r in runs if r.finished), key=lambda r: (r.config.likelihood, r.config.kl_weight, r.dir.name))
     return {f"{run.label} — {run.dir.name}": run.dir for run in runs}
 

@@ -18,7 +18,8 @@ from torchvision.utils import make_grid
 
 from .model import ConvVAE
 from .objective import bits_per_dim
-from .train import Run, key_epochs, to_uint8
+from .store import Run, key_epochs
+from .train import to_uint8
 
 
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:

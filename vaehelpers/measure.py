@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from .data import batches, load_images
 from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
-from .train import Run, evaluate, reconstruct, resolve_device, to_uint8, write_atomic
+from .files import write_atomic
+from .store import Run
+from .train import evaluate, reconstruct, resolve_device, to_uint8
 
 CIRCULAR_FACTORS = ("hair_hue", "iris_hue", "background_hue")
 """Hues wrap around: a probe predicts their cosine and sine, and their R² is the mean of the two."""
@@ -169,10 +171,12 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
     options = {"k": k, "iwae_images": iwae_images, "mmd_images": mmd_images, "probe_images": probe_images,
                "epochs_done": run.epochs_done, "version": MEASUREMENT_VERSION}
     path = run.dir / "measurements.json"
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("options") == options:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(stored, dict) and stored.get("options") == options:
             return stored
+    except (OSError, ValueError):  # missing or unreadable: derived from the run, so computed again
+        pass
     started = time.perf_counter()
     dev = resolve_device(str(device))
     cfg, model = run.config, copy.deepcopy(run.model).to(dev).eval()

@@ -28,6 +28,9 @@ class VAEConfig:
             raise ValueError(f"image_size must be a power of two of at least 8 (e.g. 32, 64, 128), got {size}.")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}.")
+        if not 1 <= self.base_channels <= self.max_channels:
+            raise ValueError(f"base_channels must be at least 1 and at most max_channels ({self.max_channels}), "
+                             f"got {self.base_channels}.")
 
     @property
     def channels(self) -> list[int]:

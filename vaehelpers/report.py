@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .data import parse_builtin
+from .data import load_images, parse_builtin
 from .measure import measure_run
 from .model import layer_table
-from .train import Run, RunConfig, fit, resolve_device
+from .store import Run, RunConfig
+from .train import check_split, fit, resolve_device
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = PROJECT / "notebooks"
@@ -83,18 +84,30 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def report_runs(kl_weights: list[float], runs_dir: str = "runs", device: str = "auto", likelihood: str = "fixed",
-                **settings) -> dict[float, Run]:
-    """The report's runs, one per KL weight (trained only where no finished run exists).
-
-    With the assignment's fixed likelihood the weights must include 1, 100 and 0.
-    """
+def check_report(kl_weights: list[float], device: str = "auto", likelihood: str = "fixed",
+                 **settings) -> dict[float, RunConfig]:
+    """Every check a report's runs need, before any of them trains: the weights (1, 100 and 0 with the
+    assignment's fixed likelihood), each run's settings, the device, and the data (present, readable, and
+    large enough for the validation split). Returns the run configurations by weight, or raises
+    :class:`ParameterError` with one sentence."""
     weights = [float(w) for w in kl_weights]
     missing = [f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w not in weights] if likelihood == "fixed" else []
     if missing:
         raise ParameterError(f"Parameter kl_weights = {kl_weights!r} lacks {', '.join(missing)}: the report needs 1, 100 and 0.")
     configs = {w: run_config(kl_weight=w, likelihood=likelihood, **settings) for w in weights}
     check_device(device)
+    first = next(iter(configs.values()))
+    try:
+        check_split(load_images(first.data, first.image_size, seed=first.seed), first)
+    except (OSError, ValueError) as e:
+        raise ParameterError(str(e)) from None
+    return configs
+
+
+def report_runs(kl_weights: list[float], runs_dir: str = "runs", device: str = "auto", likelihood: str = "fixed",
+                **settings) -> dict[float, Run]:
+    """The report's runs, one per KL weight (trained only where no finished run exists), after :func:`check_report`."""
+    configs = check_report(kl_weights, device, likelihood, **settings)
     return {w: fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs") for w, cfg in configs.items()}
 
 
@@ -120,7 +133,8 @@ def preprocessing_markdown(run: Run) -> str:
                   f"directly at {size}×{size} from independently sampled factors, seed {run.config.seed}), "
                   "so no resizing or cropping was needed.")
     else:
-        skipped = f"; {data['skipped']} unreadable or non-image files were skipped" if data["skipped"] else ""
+        skipped = (f"; {data['skipped']} entries were skipped: unreadable, corrupt, not images, over 50 megapixels "
+                   "or under 8 pixels on a side" if data["skipped"] else "")
         origin = (f"The images come from `{data['source']}` ({data['images']:,} images{skipped}). Each image was "
                   "converted to RGB (transparent pixels composited on white, grey expanded to three channels), "
                   f"centre-cropped to the largest square and resized to {size}×{size} with antialiasing.")
@@ -324,8 +338,14 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     import papermill
 
     out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
-    if "data" in settings and parse_builtin(settings["data"]) is None:  # relative to the caller, not the project
-        settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
+    try:
+        if "data" in settings and parse_builtin(settings["data"]) is None:  # relative to the caller, not the project
+            settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
+    except ValueError as e:
+        raise ParameterError(str(e)) from None
+    check_report(list(kl_weights), device, **settings)  # everything, before the first run trains
+    if sigma_vae:
+        check_report([1.0], device, likelihood="sigma-vae", **settings)
     out.mkdir(parents=True, exist_ok=True)
     _show_notebook_output()
     common = dict(settings, device=device, runs_dir=str(runs_path))

@@ -1,113 +1,42 @@
-"""Training: one run of one setting, written to its own folder after every epoch.
+"""Training: one run of one setting, in its own folder (:mod:`vaehelpers.store`).
 
-A run folder holds
-  * ``config.json`` — the settings, the data set, the train/validation split, the device;
-  * ``history.csv`` — one row per epoch: for ``train`` and ``val``, the reconstruction
-    term, the KL term, the weighted objective, the true −ELBO (nats per image) and bits
-    per dimension (see :mod:`vaehelpers.objective` for the conventions), the epoch's
-    seconds and the peak GPU memory so far (MiB; 0 off CUDA). Training values are
-    averaged over the epoch's mini-batches; validation values are computed with the
-    model at the end of the epoch, with one sample z ~ q(z|x) per image;
-  * ``snapshots.pt`` — a fixed panel of validation images, their reconstructions (from μ)
-    and the decodings of a fixed set of prior codes at each snapshot epoch;
-  * ``checkpoint.pt`` — the weights, the optimiser and the random-number state.
-
-Every file is replaced atomically, at most every ``checkpoint_every`` seconds (30 by
+``fit`` trains, or reuses a finished run, or resumes an interrupted one from its last
+checkpoint. The run's files are written at most every ``checkpoint_every`` seconds (30 by
 default) and after the last epoch, so that at GPU speed (epochs well under a second) the
-writes do not dominate. An interrupted run resumes from its last checkpoint and, on the
-CPU, ends with the same history as an uninterrupted one.
+writes do not dominate; on the CPU an interrupted run ends with the same history as an
+uninterrupted one. A loss that stops being finite stops the run with
+:class:`TrainingDiverged`; the last checkpoint stays and the run is not finished.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 import json
 import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import batches, load_images, split_indices
-from .model import ConvVAE, VAEConfig
-from .objective import LIKELIHOODS, VAELoss, bits_per_dim, vae_loss
-
-SPLITS = ("train", "val")
-TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
-HISTORY_COLUMNS = ["epoch"] + [f"{s}_{t}" for s in SPLITS for t in TERMS] + ["seconds", "peak_gpu_mib"]
+from .data import ImageSet, batches, load_images, split_indices
+from .files import locked, torch_save_atomic, write_atomic
+from .model import ConvVAE
+from .objective import VAELoss, bits_per_dim, vae_loss
+from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt
 
 
-@dataclass
-class RunConfig:
-    """Everything that decides what a run computes (the device does not)."""
+class TrainingDiverged(RuntimeError):
+    """Training produced a loss that is not finite. IPython shows it as its one sentence."""
 
-    data: str = "builtin"  # a folder, an .npz/.npy file, "builtin" or "builtin:N"
-    kl_weight: float = 1.0
-    latent_dim: int = 20
-    epochs: int = 100
-    batch_size: int = 100
-    lr: float = 1e-4
-    image_size: int = 64
-    base_channels: int = 32
-    seed: int = 0
-    val_fraction: float = 0.05
-    snapshot_epochs: list[int] | None = None  # None: default_snapshot_epochs(epochs)
-    panel_size: int = 8  # validation images reconstructed at each snapshot
-    prior_samples: int = 32  # fixed prior codes decoded at each snapshot
-    likelihood: str = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": see resolve_precision
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("kl_weight", self.kl_weight >= 0 and math.isfinite(self.kl_weight), "a finite number >= 0"),
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("lr", self.lr > 0, "positive"),
-            ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1"),
-            ("panel_size", self.panel_size >= 2, "at least 2 (the interpolation uses two panel images)"),
-            ("prior_samples", self.prior_samples >= 1, "at least 1"),
-            ("likelihood", self.likelihood in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
-            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}; got {getattr(self, name)!r}.")
-        VAEConfig(self.latent_dim, self.image_size, self.base_channels)  # checks the model's settings
-        # Plain types, so that 100 and 100.0 (papermill passes whole numbers as int) name the same run.
-        self.data, self.kl_weight, self.lr, self.val_fraction = str(self.data), float(self.kl_weight), float(self.lr), float(self.val_fraction)
-        if self.snapshot_epochs is None:
-            self.snapshot_epochs = default_snapshot_epochs(self.epochs)
-        self.snapshot_epochs = sorted({int(e) for e in self.snapshot_epochs if 1 <= int(e) <= self.epochs})
-
-    def run_name(self, data_key: str) -> str:
-        """Readable folder name from the main settings, plus a hash of all of them and of the data."""
-        text = json.dumps({**asdict(self), "data_key": data_key}, sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
-        likelihood = "" if self.likelihood == "fixed" else f"_{self.likelihood}"
-        return (f"{tag}_kl{self.kl_weight:g}{likelihood}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}"
-                f"_{self.precision}_{digest}")
+    def _render_traceback_(self) -> list[str]:
+        return [f"TrainingDiverged: {self}"]
 
 
-def key_epochs(epochs: int) -> list[int]:
-    """The epochs a report shows: 10 %, 50 % and 100 % of the run (10, 50, 100 for 100 epochs)."""
-    return sorted({max(1, round(epochs * 0.1)), max(1, round(epochs * 0.5)), epochs})
-
-
-def default_snapshot_epochs(epochs: int) -> list[int]:
-    """The key epochs, 10, 50 and every 5th, capped to the run's length."""
-    return sorted({e for e in [10, 50, *range(5, epochs + 1, 5)] if e <= epochs} | set(key_epochs(epochs)))
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
 _clock = time.monotonic  # when the run's files were last written (replaced in tests)
 
 
@@ -136,67 +65,6 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
-
-
-@dataclass
-class Run:
-    """A run folder read back: settings, history, snapshots and the trained model."""
-
-    dir: Path
-    config: RunConfig
-    info: dict
-    history: dict[str, list[float]]
-    snapshots: dict
-    model: ConvVAE
-    epochs_done: int
-
-    @property
-    def finished(self) -> bool:
-        return self.epochs_done >= self.config.epochs
-
-    @property
-    def label(self) -> str:
-        """How tables and figures name a run: 'KL weight 1', or 'σ-VAE, KL weight 1'."""
-        prefix = "σ-VAE, " if self.config.likelihood == "sigma-vae" else ""
-        return f"{prefix}KL weight {self.config.kl_weight:g}"
-
-
-# ---------------------------------------------------------------- atomic files
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def torch_save_atomic(path: Path, obj: object) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
-def _history_csv(history: dict[str, list[float]]) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(HISTORY_COLUMNS)
-    for i in range(len(history["epoch"])):
-        writer.writerow([history[c][i] if c != "epoch" else int(history[c][i]) for c in HISTORY_COLUMNS])
-    return out.getvalue().encode()
-
-
-def read_history(path: Path) -> dict[str, list[float]]:
-    """history.csv as columns of floats (``epoch`` as int)."""
-    history: dict[str, list[float]] = {c: [] for c in HISTORY_COLUMNS}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            row.setdefault("peak_gpu_mib", "0")  # not recorded by runs made before it was
-            for c in HISTORY_COLUMNS:
-                history[c].append(int(row[c]) if c == "epoch" else float(row[c]))
-    return history
 
 
 # ---------------------------------------------------------------- evaluation
@@ -244,31 +112,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- training
 
 
-def _build_model(cfg: RunConfig) -> ConvVAE:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return ConvVAE(cfg.latent_dim, cfg.image_size, cfg.base_channels)
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run folder (finished or not) back, with the model on the CPU in eval mode."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "checkpoint.pt").exists():
-        raise FileNotFoundError(f"{run_dir} holds no completed epoch (no checkpoint.pt): train it with fit() first.")
-    info = json.loads((run_dir / "config.json").read_text())
-    cfg = RunConfig(**info["config"])
-    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model = _build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
-    history = read_history(run_dir / "history.csv")
-    epochs_done = checkpoint["epoch"]
-    history = {k: v[:epochs_done] for k, v in history.items()}
-    snapshots = torch.load(run_dir / "snapshots.pt", map_location="cpu", weights_only=False)
-    snapshots["epochs"] = {e: s for e, s in snapshots["epochs"].items() if e <= epochs_done}
-    return Run(run_dir, cfg, info, history, snapshots, model, epochs_done)
-
-
 def adam(model: ConvVAE, lr: float) -> torch.optim.Adam:
     """Adam with its fused kernel (one pass over all parameters per step) where the device has one."""
     device = next(model.parameters()).device
@@ -291,18 +134,47 @@ def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor
 
 def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
                  shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm, epoch: int) -> dict[str, float]:
-    """One pass over the shuffled training images; returns the terms' means over the epoch."""
+    """One pass over the shuffled training images; returns the terms' means over the epoch.
+
+    Raises :class:`TrainingDiverged` at the end of an epoch in which a step's objective was not
+    finite (found on the device, so that no step waits for it).
+    """
     model.train()
-    sums = {k: torch.zeros((), device=images.device) for k in TERMS[:-1]}  # on the device: no sync per step
-    for x in batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen):
+    device = images.device
+    sums = {k: torch.zeros((), device=device) for k in TERMS[:-1]}  # on the device: no sync per step
+    steps = torch.arange(1, math.ceil(len(images) / cfg.batch_size) + 1, device=device)
+    first_bad = torch.full((), len(steps) + 1, device=device)  # the first step whose objective was not finite
+    for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
         loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen)
+        first_bad = torch.where(torch.isfinite(loss.objective), first_bad, torch.minimum(first_bad, steps[step]))
         for k in sums:
             sums[k] += getattr(loss, k).detach() * len(x)
         bar.update()
-    means = {k: v.item() / len(images) for k, v in sums.items()}  # the epoch's one wait for the device
+    bad_step = int(first_bad)  # the epoch's one wait for the device, with the sums below
+    if bad_step <= len(steps):
+        raise TrainingDiverged(_diverged(cfg, f"at epoch {epoch}, step {bad_step} of {len(steps)}"))
+    means = {k: v.item() / len(images) for k, v in sums.items()}
     bar.set_postfix(epoch=epoch, objective=f"{means['objective']:.1f}")
     means["bits_per_dim"] = float(bits_per_dim(means["neg_elbo"], images[0].numel()))
     return means
+
+
+def _diverged(cfg: RunConfig, where: str) -> str:
+    return (f"Training KL weight {cfg.kl_weight:g} (likelihood {cfg.likelihood}, lr {cfg.lr:g}) diverged {where}: "
+            f"the loss is no longer finite; the last checkpoint is kept and the run is not finished, "
+            f"so try a lower learning rate (e.g. lr {cfg.lr / 10:g}).")
+
+
+def check_split(data: ImageSet, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's (train, validation) indices, or a ``ValueError`` if the set is too small for the
+    figures: the interpolation needs two validation images."""
+    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.seed)
+    if len(val_idx) < 2:
+        need = next(n for n in range(len(data) + 1, 10**9) if len(split_indices(n, cfg.val_fraction)[1]) >= 2)
+        raise ValueError(f"Data {data.source} has {len(data)} images, so its {cfg.val_fraction:.0%} validation "
+                         f"split holds {len(val_idx)}: the figures need 2, so use at least {need} images "
+                         "(or a larger val_fraction).")
+    return train_idx, val_idx
 
 
 def fit(
@@ -330,20 +202,28 @@ def fit(
     dev = resolve_device(device)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, dev))  # part of the run's identity
     data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
+    check_split(data, cfg)
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
-    if (run_dir / "checkpoint.pt").exists():
-        run = load_run(run_dir)
-        if run.finished:
-            return run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
+        done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
+        if done is None or not done.finished:
+            _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every)
+        return done if done is not None and done.finished else load_run(run_dir)
 
-    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.seed)
+
+def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, done: Run | None,
+           progress: bool | str, on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+           checkpoint_every: float) -> None:
+    """Train ``cfg`` into ``run_dir`` from scratch, or on from ``done``, the run's last checkpoint."""
+    train_idx, val_idx = check_split(data, cfg)
     images = data.images.to(dev)
     train_images, val_images = images[train_idx.to(dev)], images[val_idx.to(dev)]
     panel_idx = torch.arange(min(cfg.panel_size, len(val_idx)))
     panel = val_images[panel_idx.to(dev)]
     prior_z = torch.randn(cfg.prior_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
 
-    model = _build_model(cfg).to(dev, memory_format=torch.channels_last)
+    model = build_model(cfg).to(dev, memory_format=torch.channels_last)
     optimizer = adam(model, cfg.lr)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed)
@@ -351,18 +231,15 @@ def fit(
     snapshots = {"panel_val_indices": val_idx[panel_idx], "panel": panel.cpu(), "prior_z": prior_z, "epochs": {}}
     start_epoch = 0
 
-    if (run_dir / "checkpoint.pt").exists():  # resume an interrupted run
-        checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(checkpoint["model"])
+    if done is not None:  # resume an interrupted run; load_run has checked its files
+        checkpoint = read_pt(run_dir / "checkpoint.pt")
+        model.load_state_dict(done.model.state_dict())
         optimizer.load_state_dict(checkpoint["optimizer"])
         shuffle_gen.set_state(checkpoint["shuffle_rng"])
         noise_gen.set_state(checkpoint["noise_rng"])
-        start_epoch = checkpoint["epoch"]
-        history = {k: v[:start_epoch] for k, v in read_history(run_dir / "history.csv").items()}
-        saved = torch.load(run_dir / "snapshots.pt", map_location="cpu", weights_only=False)
-        snapshots["epochs"] = {e: s for e, s in saved["epochs"].items() if e <= start_epoch}
+        start_epoch, history = done.epochs_done, done.history
+        snapshots["epochs"] = done.snapshots["epochs"]
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
         info = {
             "config": asdict(cfg),
             "data": {"source": data.source, "key": data.key, "images": len(data), "skipped": data.skipped},
@@ -386,6 +263,8 @@ def fit(
         started = time.perf_counter()
         train = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch)
         val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
+        if not all(math.isfinite(v) for v in val.values()):  # a step that left the weights non-finite
+            raise TrainingDiverged(_diverged(cfg, f"after the last step of epoch {epoch}"))
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
         row["seconds"] = time.perf_counter() - started
         row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else 0.0
@@ -401,7 +280,7 @@ def fit(
                 }
         if epoch == cfg.epochs or _clock() - last_written >= checkpoint_every:
             torch_save_atomic(run_dir / "snapshots.pt", snapshots)
-            write_atomic(run_dir / "history.csv", _history_csv(history))
+            write_atomic(run_dir / "history.csv", history_csv(history))
             torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
@@ -413,4 +292,3 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     bar.close()
-    return load_run(run_dir)
