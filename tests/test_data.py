@@ -223,3 +223,11 @@ def test_npz_of_python_objects_names_the_file(tmp_path):
     np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=f"Cannot read the arrays in {tmp_path / 'objects.npz'}"):
         load_images(tmp_path / "objects.npz")
+
+
+def test_a_cache_entry_it_cannot_read_is_built_again(tmp_path):
+    first = load_images("builtin:40", 16, cache_dir=tmp_path)
+    (meta,) = tmp_path.glob("*.json")
+    meta.write_text('{"source": "builtin:40", "skipped": 0, "count": 40}')  # an entry of an older version
+    again = load_images("builtin:40", 16, cache_dir=tmp_path)
+    assert torch.equal(again.images, first.images) and "skipped_entries" in meta.read_text()

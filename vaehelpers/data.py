@@ -38,8 +38,10 @@ MAX_PIXELS = 50_000_000
 MIN_SIDE = 8
 """Images narrower or lower than this, in pixels, are skipped rather than blown up."""
 DEFAULT_BUILTIN_SIZE = 10_000
-PREPROCESS_VERSION = 2
-"""Bumped whenever preprocessing changes, so older caches are not reused."""
+PREPROCESS_VERSION = 1
+"""Bumped whenever the preprocessing of an image changes, so older caches are not reused. (The skip rules
+changed what a folder's description holds, which keys folders anew by itself; built-in and array sets,
+unchanged, keep their keys and so their runs.)"""
 
 
 @dataclass
@@ -333,12 +335,13 @@ def _read_cache(cache: Path, key: str, name: str) -> ImageSet | None:
         if factors_file.exists():
             with np.load(factors_file, allow_pickle=False) as z:
                 factors = {k: z[k] for k in z.files}
+        skipped, entries = meta["skipped_entries"], meta["entries"]
         if len(images) != meta["count"]:
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # also an entry written by an older version
         return None
-    _warn_skipped(meta["skipped_entries"], meta["entries"], name)  # a cached load says what it left out, too
-    return ImageSet(images, name, key, len(meta["skipped_entries"]), factors)
+    _warn_skipped(skipped, entries, name)  # a cached load says what it left out, too
+    return ImageSet(images, name, key, len(skipped), factors)
 
 
 def _build_cache(cache: Path, key: str, name: str, description: dict, image_size: int, seed: int,
