@@ -8,7 +8,7 @@ EPOCHS ?=
 KL_WEIGHTS ?= 1,100,0,0.1,10
 DEVICE ?= auto
 
-LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core
+LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core poppler-utils
 
 .PHONY: report test lab venv latex clean
 
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 # LaTeX for the PDF report: installed with apt where we are root, else one line says what to install.
 latex:
-	@if command -v xelatex >/dev/null && command -v pandoc >/dev/null && fc-list 2>/dev/null | grep -q "DejaVu Serif"; then :; \
+	@if command -v xelatex >/dev/null && command -v pandoc >/dev/null && command -v pdfinfo >/dev/null && fc-list 2>/dev/null | grep -q "DejaVu Serif"; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "Installing LaTeX for the PDF report (a few minutes, once): $(LATEX_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LATEX_PACKAGES) >/dev/null; \

@@ -18,14 +18,20 @@ def built(tmp_path_factory):
     return root / "out"
 
 
-def test_executed_notebooks_html_and_pdf_are_written(built):
+def test_executed_notebooks_and_html_are_written(built):
     names = sorted(p.name for p in built.iterdir())
     assert names[:2] == ["report.html", "report.ipynb"] and {"run-kl1.ipynb", "run-kl100.ipynb", "run-kl0.ipynb"} <= set(names)
-    if shutil.which("xelatex") and shutil.which("pandoc"):
-        assert (built / "report.pdf").read_bytes().startswith(b"%PDF")
-        if shutil.which("pdfinfo"):  # poppler-utils
-            info = subprocess.run(["pdfinfo", str(built / "report.pdf")], capture_output=True, text=True).stdout
-            assert int(re.search(r"Pages:\s+(\d+)", info).group(1)) >= 5
+
+
+def test_pdf_is_written_where_latex_is_installed(built):
+    missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed: `make latex` installs them (CI does)")
+    assert (built / "report.pdf").read_bytes().startswith(b"%PDF")
+    if shutil.which("pdfinfo") is None:
+        pytest.skip("pdfinfo (poppler-utils) not installed: the PDF's pages were not counted")
+    info = subprocess.run(["pdfinfo", str(built / "report.pdf")], capture_output=True, text=True).stdout
+    assert int(re.search(r"Pages:\s+(\d+)", info).group(1)) >= 5
 
 
 def test_html_answers_q1_to_q8_with_every_figure_and_no_code(built):

@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -118,15 +117,11 @@ def test_cache_hit_skips_decoding_and_a_changed_file_misses(tmp_path, monkeypatc
     assert len(calls) == 30 and third.images[0].min() == 250
 
 
-def test_second_load_is_at_least_20_times_faster():
-    started = time.perf_counter()
-    first = load_images("builtin:3000", 64)
-    first_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    second = load_images("builtin:3000", 64)
-    second_seconds = time.perf_counter() - started
+def test_second_load_reads_the_cache_instead_of_drawing_again(monkeypatch):
+    first = load_images("builtin:300", 64)
+    monkeypatch.setattr(data_module.faces, "make_faces", lambda *a, **k: pytest.fail("drew the faces again"))
+    second = load_images("builtin:300", 64)  # how much faster: python -m vaehelpers bench
     assert torch.equal(first.images, second.images) and first.factors.keys() == second.factors.keys()
-    assert second_seconds * 20 < first_seconds, (first_seconds, second_seconds)
 
 
 def test_builtin_source_names():
@@ -188,10 +183,8 @@ def test_each_skipped_entry_is_counted_with_its_true_reason(tmp_path, monkeypatc
 
     monkeypatch.setattr(data_module.Image, "open", open_image)
     monkeypatch.setattr(data_module.os, "scandir", scandir)
-    started = time.perf_counter()
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning) as record:  # bomb.png, a 1-pixel file, would be "corrupt" had it been decoded
         loaded = _one(tmp_path)
-    assert time.perf_counter() - started < 5  # the 144-megapixel header was not decoded
     message = str(record[0].message)
     assert message == (f"Skipped 5 of 6 entries in {tmp_path}: 2 unreadable (locked.png, private), 1 too large "
                        "(bomb.png), 1 too small (tiny.png), 1 symlink loop (loop).")

@@ -75,9 +75,32 @@ def test_notebooks_pass_nbval_with_tiny_parameters(tmp_path):
 
 
 def test_relative_paths_in_notebooks_start_at_the_project_folder(tmp_path, monkeypatch):
-    from vaehelpers.report import PROJECT, project_path, run_config
+    from vaehelpers.params import PROJECT, project_path, run_config
 
     monkeypatch.chdir(tmp_path)  # JupyterLab starts kernels in notebooks/, papermill in the caller's folder
     assert project_path("runs") == PROJECT / "runs" and project_path(tmp_path) == tmp_path
     assert run_config(data="notebooks").data == str(PROJECT / "notebooks")  # a folder that exists in the project
     assert run_config(data="builtin:10").data == "builtin:10"
+
+
+@pytest.mark.parametrize("name, extras", [("run.ipynb", {"device", "runs_dir"}),
+                                          ("report.ipynb", {"device", "runs_dir", "kl_weights", "sigma_vae"})])
+def test_parameter_cells_match_the_run_settings(name, extras):
+    """Each parameter that is a run setting has RunConfig's type and default; the others are the notebook's own."""
+    import dataclasses
+    import typing
+
+    from vaehelpers.params import SETTINGS
+    from vaehelpers.store import RunConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    nb = json.loads((ROOT / "notebooks" / name).read_text())
+    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    namespace: dict = {}
+    exec("".join(first["source"]), namespace)
+    annotations = namespace["__annotations__"]
+    assert set(annotations) - set(SETTINGS) == extras
+    for setting in set(annotations) & set(SETTINGS):
+        kind = SETTINGS[setting]
+        assert annotations[setting] == (str if typing.get_origin(kind) is typing.Literal else kind), setting
+        assert namespace[setting] == defaults[setting], setting

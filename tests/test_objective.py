@@ -60,3 +60,16 @@ def test_kl_weight_zero_sends_no_gradient_through_the_kl():
 def test_bits_per_dim():
     assert math.isclose(bits_per_dim(12288 * math.log(2), 12288), 1.0)
     assert math.isclose(HALF_LOG_PI, 0.5723649429247001)
+
+
+def test_sigma_vae_neg_elbo_is_the_gaussian_density_at_the_calibrated_variance():
+    torch.manual_seed(2)
+    x, x_hat = torch.rand(3, 3, 4, 4), torch.rand(3, 3, 4, 4)
+    mu, logvar = torch.randn(3, 2), torch.randn(3, 2)
+    loss = vae_loss(x, x_hat, mu, logvar, kl_weight=0.5, likelihood="sigma-vae")
+    variance = (x - x_hat).pow(2).mean()  # σ² at its optimum: the batch's mean squared error per pixel
+    nll = -torch.distributions.Normal(x_hat, variance.sqrt()).log_prob(x).flatten(1).sum(1).mean()
+    kl = gaussian_kl(mu, logvar).mean()
+    torch.testing.assert_close(loss.neg_elbo, nll + kl)
+    torch.testing.assert_close(loss.objective, nll + 0.5 * kl)  # the weight scales the KL of the objective only
+    torch.testing.assert_close(loss.recon, squared_error(x, x_hat).mean())

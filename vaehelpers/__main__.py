@@ -9,16 +9,25 @@ for a 2-core CPU (``QUICK``); with ``--data``, the assignment's settings (``ASSI
 from __future__ import annotations
 
 import argparse
+import typing
 import sys
 import time
 
 from papermill.exceptions import PapermillExecutionError
 
-from .report import REPORT_WEIGHTS, ParameterError, build_report
-from .store import PRECISIONS
+from .build import build_report
+from .params import REPORT_WEIGHTS, SETTINGS, ParameterError
 
 ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "base_channels": 32}
 """The reference report's settings, used when --data is given."""
+
+CLI_SETTINGS = {
+    "data": "image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)",
+    "epochs": None, "lr": "learning rate of Adam", "batch_size": None, "latent_dim": None, "base_channels": None,
+    "image_size": "pixels on a side (a power of two: 32, 64, 128)", "seed": "of the split, the weights and the noise (default 0)",
+    "precision": "of training: bf16 autocast, fp32, or auto (bf16 on CUDA and on CPUs with native bf16; the default)",
+}
+"""The run settings (RunConfig fields) the report command takes as options, with their help."""
 
 QUICK = {"data": "builtin:6000", "epochs": 16, "lr": 1e-3, "batch_size": 50, "latent_dim": 20, "base_channels": 16}
 """The default without --data: the built-in faces, sized so that the whole report (six runs) fits in minutes on
@@ -60,20 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="train the KL settings and write reports/report.html and .pdf")
-    report.add_argument("--data", help="image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)")
-    report.add_argument("--epochs", type=int)
+    for name, help_text in CLI_SETTINGS.items():  # derived from RunConfig's fields: names, types, choices
+        kind = SETTINGS[name]
+        choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+        report.add_argument(f"--{name.replace('_', '-')}", type=None if choices else kind, choices=choices, help=help_text)
     report.add_argument("--kl-weights", type=_weights, default=list(REPORT_WEIGHTS),
                         help="comma-separated; must include 1, 100 and 0 (default: 1,100,0,0.1,10)")
     report.add_argument("--sigma-vae", action=argparse.BooleanOptionalAction, default=True,
                         help="also train weight 1 with a calibrated decoder variance (default: yes)")
     report.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, ...")
-    report.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="of training: bf16 autocast, fp32, or auto (bf16 on CUDA and on CPUs with native bf16)")
-    report.add_argument("--lr", type=float)
-    report.add_argument("--batch-size", type=int)
-    report.add_argument("--latent-dim", type=int)
-    report.add_argument("--base-channels", type=int)
-    report.add_argument("--seed", type=int, default=0)
     report.add_argument("--runs-dir", default="runs")
     report.add_argument("--out", default="reports")
     bench = sub.add_parser("bench", help="measure face generation, data loading and training speed")
@@ -101,16 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         return 0
 
-    settings = dict(ASSIGNMENT, data=args.data) if args.data else dict(QUICK)
-    settings["precision"] = args.precision
-    for name in ("epochs", "lr", "batch_size", "latent_dim", "base_channels"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
+    settings = dict(ASSIGNMENT) if args.data else dict(QUICK)
+    settings.update({name: getattr(args, name) for name in CLI_SETTINGS if getattr(args, name) is not None})
     started = time.perf_counter()
     try:
         written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
-                               kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae, seed=args.seed,
-                               **settings)
+                               kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae, **settings)
     except PapermillExecutionError as e:  # a notebook stopped: a bad parameter, a damaged run, a diverged run
         print(f"error: {e.evalue}", file=sys.stderr)
         return 2

@@ -95,7 +95,12 @@ def preprocess_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
     x = TF.center_crop(x, [side, side])
     if side != image_size:
         x = TF.resize(x, [image_size, image_size], antialias=True)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return to_uint8(x)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (clamped) to uint8 0..255, rounded, on the CPU."""
+    return (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
 class Skip(ValueError):

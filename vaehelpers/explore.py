@@ -1,7 +1,8 @@
-"""Interactive exploration of a trained run: the callbacks behind notebooks/explore.ipynb.
+"""Interactive exploration of a trained run: the state and logic behind notebooks/explore.ipynb.
 
-Every function here is a plain function from widget values (numbers, indices, a seed) to
-uint8 images, so it is tested without a browser; the notebook only wires widgets to them.
+:class:`Explorer` maps widget values (slider positions, indices, a seed) to uint8 images and
+back, and switches runs in place, so it is tested without a browser; the notebook only
+declares widgets, wires them to it and lays them out.
 An update decodes at most a handful of images, well under 100 ms on a 2-core CPU for the
 64×64 model (``python -m vaehelpers bench`` measures it).
 """
@@ -18,12 +19,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .data import load_images
 from .figures import grid_image
 from .measure import encode_all
 from .objective import kl_per_dim
 from .store import Run, RunDamaged, load_run
-from .train import to_uint8
+from .data import to_uint8
 
 
 def finished_runs(runs_dir: str | os.PathLike = "runs") -> dict[str, Path]:
@@ -53,15 +53,39 @@ class Explorer:
     @classmethod
     def open(cls, run_dir: str | os.PathLike) -> Explorer:
         run = load_run(run_dir)
-        data = load_images(run.config.data, run.config.image_size, seed=run.config.seed)
-        images = data.images[torch.tensor(run.info["split"]["val_indices"])]
+        images = run.data().images[run.val_indices]
         mu, logvar = encode_all(run.model, images)
         kl = kl_per_dim(mu, logvar).mean(dim=0).tolist()
         return cls(run, images, sorted(range(len(kl)), key=lambda j: -kl[j]), kl)
 
+    SLIDER_RANGE = 3.0
+    """The latent sliders span ±3 prior standard deviations; a code outside is clamped to them."""
+
+    def switch(self, run_dir: str | os.PathLike) -> None:
+        """Explore another run, in place, so that every callback holding this explorer follows."""
+        self.__dict__.update(vars(Explorer.open(run_dir)))
+
     @property
     def latent_dim(self) -> int:
         return self.run.config.latent_dim
+
+    def slider_labels(self) -> list[str]:
+        """One label per slider, in slider order (most informative first): 'z7 (12.3)', the KL in nats."""
+        return [f"z{dim} ({self.kl[dim]:.1f})" for dim in self.dims_by_kl]
+
+    def sliders_from_code(self, z: list[float]) -> tuple[list[float], int]:
+        """A code in the model's order to slider values (slider order, clamped to the range), and how many
+        of them the range clamped."""
+        values = [z[dim] for dim in self.dims_by_kl]
+        clamped = [max(-self.SLIDER_RANGE, min(self.SLIDER_RANGE, v)) for v in values]
+        return clamped, sum(c != v for c, v in zip(clamped, values))
+
+    def code_from_sliders(self, values: list[float]) -> list[float]:
+        """Slider values (slider order) to a code in the model's order."""
+        z = [0.0] * self.latent_dim
+        for value, dim in zip(values, self.dims_by_kl):
+            z[dim] = float(value)
+        return z
 
     def image(self, index: int) -> torch.Tensor:
         """Validation image ``index`` (wrapped into range), uint8 3×S×S."""
@@ -106,6 +130,17 @@ class Explorer:
         x_hat = self.decode(self.code_of(index))
         error = ((x.float() - x_hat.float()).abs().mean(dim=0) / 127.5).clamp(0, 1)
         return x, x_hat, to_uint8(error.expand(3, -1, -1))
+
+
+def set_quietly(controls: list, values: list, callback, labels: list[str] | None = None) -> None:
+    """Set widget values (and descriptions) without calling ``callback`` once per widget; the caller
+    calls it once afterwards."""
+    for i, (control, value) in enumerate(zip(controls, values)):
+        control.unobserve(callback, names="value")
+        if labels is not None:
+            control.description = labels[i]
+        control.value = value
+        control.observe(callback, names="value")
 
 
 def png(images: torch.Tensor, scale: int = 2, nrow: int | None = None) -> bytes:

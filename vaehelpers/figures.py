@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from .model import ConvVAE
-from .objective import bits_per_dim
-from .store import Run, key_epochs
-from .train import to_uint8
+from .objective import bits_per_dim, decoder_variance
+from .store import Run, Setting, key_epochs
+from .data import to_uint8
 
 
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -45,7 +45,7 @@ def learning_curve(run: Run) -> Figure:
         ax_terms.plot(h["epoch"], h[f"{split}_recon"], style, color="C0", label=f"reconstruction ({label})")
         ax_terms.plot(h["epoch"], h[f"{split}_kl"], style, color="C3", label=f"KL ({label})")
     num_dims = 3 * run.config.image_size**2
-    ax_elbo.set(xlabel="epoch", ylabel="−ELBO (nats per image)", title="−ELBO (KL counted once, σ² = 1/2)")
+    ax_elbo.set(xlabel="epoch", ylabel="−ELBO (nats per image)", title=f"−ELBO (KL counted once, {decoder_variance(run.config.likelihood)})")
     secondary = ax_elbo.secondary_yaxis("right", functions=(lambda n: bits_per_dim(n, num_dims),
                                                             lambda b: b * num_dims * math.log(2)))
     secondary.set_ylabel("bits per dimension")
@@ -164,26 +164,26 @@ def compare_interpolations(runs: list[Run], a: int = 0, b: int = 1, steps: int =
 # ---------------------------------------------------------------- measurements (vaehelpers.measure)
 
 
-def kl_per_dimension(runs: list[Run], measurements: dict[str, dict]) -> Figure:
+def kl_per_dimension(runs: list[Run], measurements: dict[Setting, dict]) -> Figure:
     """KL of each latent dimension, sorted, one panel per run: which dimensions carry information."""
     fig = Figure(figsize=(4 * len(runs), 3), layout="constrained")
     for ax, run in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs):
-        name = run.label
-        values = sorted(measurements[name]["kl_per_dim"], reverse=True)
+        name, m = run.label, measurements[run.setting]
+        values = sorted(m["kl_per_dim"], reverse=True)
         ax.bar(range(1, len(values) + 1), values, color="C0")
         ax.axhline(0.01, color="C3", lw=0.8, ls="--")
-        ax.set(title=f"{name}: {measurements[name]['active_units']} active", xlabel="latent dimension (sorted)",
+        ax.set(title=f"{name}: {m['active_units']} active", xlabel="latent dimension (sorted)",
                ylabel="KL (nats per image)", yscale="symlog")
         ax.set_yscale("symlog", linthresh=0.01)
     return fig
 
 
-def traversals(run: Run, measurements: dict[str, dict], n_dims: int = 4, image: int = 0,
+def traversals(run: Run, measurements: dict[Setting, dict], n_dims: int = 4, image: int = 0,
                values: tuple[float, ...] = (-3, -2, -1, 0, 1, 2, 3)) -> Figure:
     """μ of one validation image decoded with each of the most informative dimensions swept from −3 to 3."""
     from .measure import traverse
 
-    kl_per_dim = measurements[run.label]["kl_per_dim"]
+    kl_per_dim = measurements[run.setting]["kl_per_dim"]
     dims = sorted(range(len(kl_per_dim)), key=lambda j: -kl_per_dim[j])[:n_dims]
     grid = traverse(run.model, run.snapshots["panel"][image].float() / 255, dims, list(values))
     fig = Figure(figsize=(1.1 * len(values) + 1.2, 1.15 * len(dims) + 0.5), layout="constrained")
@@ -200,19 +200,20 @@ def traversals(run: Run, measurements: dict[str, dict], n_dims: int = 4, image: 
     return fig
 
 
-def rate_distortion(measurements: dict[str, dict], marked: tuple[float, ...] = (1.0, 100.0, 0.0)) -> Figure:
+def rate_distortion(measurements: dict[Setting, dict], marked: tuple[float, ...] = (1.0, 100.0, 0.0)) -> Figure:
     """Distortion against rate for every run; the assignment's weights marked."""
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
-    fixed = sorted((m for m in measurements.values() if m["likelihood"] == "fixed"), key=lambda m: m["kl_weight"])
-    ax.plot([m["rate"] for m in fixed], [m["distortion"] for m in fixed], "-", color="0.6", zorder=1)
-    for i, m in enumerate(sorted(measurements.values(), key=lambda m: m["rate"])):
-        sigma = m["likelihood"] == "sigma-vae"
-        is_marked = m["kl_weight"] in marked and not sigma
+    fixed = sorted((s for s in measurements if s.likelihood == "fixed"), key=lambda s: s.kl_weight)
+    ax.plot([measurements[s]["rate"] for s in fixed], [measurements[s]["distortion"] for s in fixed], "-",
+            color="0.6", zorder=1)
+    for i, (setting, m) in enumerate(sorted(measurements.items(), key=lambda item: item[1]["rate"])):
+        sigma = setting.likelihood == "sigma-vae"
+        is_marked = setting.kl_weight in marked and not sigma
         ax.scatter(m["rate"], m["distortion"], s=90 if is_marked else 35, zorder=2,
                    marker="*" if sigma else ("o" if is_marked else "s"),
                    color="C3" if sigma else ("C0" if is_marked else "0.4"))
-        ax.annotate(("σ-VAE, " if sigma else "") + f"weight {m['kl_weight']:g}", (m["rate"], m["distortion"]),
+        ax.annotate(setting.label, (m["rate"], m["distortion"]),
                     textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize=9)  # alternate: no overlap
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlabel="rate: KL(q(z|x) ‖ p(z)), nats per image", ylabel="distortion: Σ(x − x̂)² per image",

@@ -21,12 +21,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .data import batches, load_images
+from .data import batches
 from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
 from .files import write_atomic
 from .store import Run
-from .train import evaluate, reconstruct, resolve_device, to_uint8
+from .data import to_uint8
+from .train import evaluate, reconstruct, resolve_device
 
 CIRCULAR_FACTORS = ("hair_hue", "iris_hue", "background_hue")
 """Hues wrap around: a probe predicts their cosine and sine, and their R² is the mean of the two."""
@@ -91,9 +92,8 @@ def iwae_bound(model: ConvVAE, images: torch.Tensor, k: int = 64, variance: floa
     bounds = []
     for x in batches(images.to(device), batch_size):
         mu, logvar = model.encode(x)
-        std = torch.exp(0.5 * logvar)
         eps = torch.randn((k, *mu.shape), generator=generator, device=device)
-        z = mu + std * eps  # k × B × d
+        z = ConvVAE.reparameterize(mu, logvar, eps=eps)  # k × B × d
         x_hat = model.decode(z.flatten(0, 1)).float().view(k, *x.shape)
         num_dims = x[0].numel()
         log_px_z = -((x - x_hat).pow(2).flatten(2).sum(-1) / (2 * variance) + 0.5 * num_dims * math.log(2 * math.pi * variance))
@@ -180,8 +180,7 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
     started = time.perf_counter()
     dev = resolve_device(str(device))
     cfg, model = run.config, copy.deepcopy(run.model).to(dev).eval()
-    data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
-    val_idx = torch.tensor(run.info["split"]["val_indices"])
+    data, val_idx = run.data(cache_dir), run.val_indices
     val = data.images[val_idx]
     num_dims = val[0].numel()
 
@@ -235,8 +234,7 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
         result["probe_r2"] = factor_r2(mu_train, train_factors, mu, val_factors)
         # The same probe on a sampled z ~ q(z|x): what the decoder actually receives, noise included.
         g = torch.Generator().manual_seed(cfg.seed + 3)
-        z_train = mu_train + torch.exp(0.5 * logvar_train) * torch.randn(mu_train.shape, generator=g)
-        z_val = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
+        z_train, z_val = ConvVAE.reparameterize(mu_train, logvar_train, g), ConvVAE.reparameterize(mu, logvar, g)
         result["probe_r2_sampled"] = factor_r2(z_train, train_factors, z_val, val_factors)
     result["seconds"] = time.perf_counter() - started
     write_atomic(path, json.dumps(result, indent=1).encode())

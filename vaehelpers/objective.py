@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -67,7 +68,14 @@ def calibrated_nll(mean_sq_err: torch.Tensor | float, num_dims: int) -> torch.Te
     return 0.5 * num_dims * (torch.log(2 * math.pi * variance) + 1)
 
 
-LIKELIHOODS = ("fixed", "sigma-vae")
+Likelihood = Literal["fixed", "sigma-vae"]
+LIKELIHOODS: tuple[Likelihood, ...] = ("fixed", "sigma-vae")
+"""The decoder's variance: σ² = 1/2 ("fixed", the assignment's summed MSE) or at its optimum ("sigma-vae")."""
+
+
+def decoder_variance(likelihood: Likelihood) -> str:
+    """How figures and tables state the decoder variance a likelihood uses."""
+    return "σ² = 1/2" if likelihood == "fixed" else "σ² = MSE per pixel (σ-VAE)"
 
 
 @dataclass
@@ -82,7 +90,7 @@ class VAELoss:
 
 def vae_loss(
     x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, kl_weight: float = 1.0,
-    likelihood: str = "fixed",
+    likelihood: Likelihood = "fixed",
 ) -> VAELoss:
     """The terms of the objective for one batch (see the module docstring for units)."""
     recon = squared_error(x, x_hat)

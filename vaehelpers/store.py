@@ -32,12 +32,13 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
+from .data import ImageSet, load_images
 from .model import ConvVAE, VAEConfig
-from .objective import LIKELIHOODS
+from .objective import LIKELIHOODS, Likelihood
 
 SPLITS = ("train", "val")
 TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
@@ -69,7 +70,7 @@ class RunConfig:
     snapshot_epochs: list[int] | None = None  # None: default_snapshot_epochs(epochs)
     panel_size: int = 8  # validation images reconstructed at each snapshot
     prior_samples: int = 32  # fixed prior codes decoded at each snapshot
-    likelihood: str = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
+    likelihood: Likelihood = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": see resolve_precision
 
     def __post_init__(self) -> None:
@@ -114,6 +115,18 @@ def default_snapshot_epochs(epochs: int) -> list[int]:
     return sorted({e for e in [10, 50, *range(5, epochs + 1, 5)] if e <= epochs} | set(key_epochs(epochs)))
 
 
+class Setting(NamedTuple):
+    """What a report compares runs by: the likelihood and the KL weight. Measurements are keyed by it."""
+
+    likelihood: Likelihood
+    kl_weight: float
+
+    @property
+    def label(self) -> str:
+        """How tables and figures name a setting: 'KL weight 1', or 'σ-VAE, KL weight 1'."""
+        return ("σ-VAE, " if self.likelihood == "sigma-vae" else "") + f"KL weight {self.kl_weight:g}"
+
+
 def build_model(cfg: RunConfig) -> ConvVAE:
     """The run's model with its seeded initial weights (the random state elsewhere untouched)."""
     with torch.random.fork_rng(devices=[]):
@@ -138,10 +151,21 @@ class Run:
         return self.epochs_done >= self.config.epochs
 
     @property
+    def val_indices(self) -> torch.Tensor:
+        """Indices of the run's validation images in its data set (recorded in config.json)."""
+        return torch.tensor(self.info["split"]["val_indices"])
+
+    def data(self, cache_dir: str | os.PathLike | None = None) -> ImageSet:
+        """The run's image set, preprocessed as it trained on it (from the data cache)."""
+        return load_images(self.config.data, self.config.image_size, seed=self.config.seed, cache_dir=cache_dir)
+
+    @property
+    def setting(self) -> Setting:
+        return Setting(self.config.likelihood, self.config.kl_weight)
+
+    @property
     def label(self) -> str:
-        """How tables and figures name a run: 'KL weight 1', or 'σ-VAE, KL weight 1'."""
-        prefix = "σ-VAE, " if self.config.likelihood == "sigma-vae" else ""
-        return f"{prefix}KL weight {self.config.kl_weight:g}"
+        return self.setting.label
 
 
 # ---------------------------------------------------------------- writing

@@ -23,7 +23,7 @@ from typing import Callable, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, batches, load_images, split_indices
+from .data import ImageSet, batches, load_images, split_indices, to_uint8
 from .files import locked, torch_save_atomic, write_atomic
 from .model import ConvVAE
 from .objective import VAELoss, bits_per_dim, vae_loss
@@ -103,10 +103,6 @@ def evaluate(
 def reconstruct(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
     """Decode μ of q(z|x): the model's deterministic reconstruction of float images."""
     return model.decode(model.encode(x)[0])
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
 # ---------------------------------------------------------------- training

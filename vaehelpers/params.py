@@ -1,0 +1,102 @@
+"""The parameters of the notebooks and of the command line, and every check they get before anything trains.
+
+The settings of a run are :class:`~vaehelpers.store.RunConfig`'s fields (:data:`SETTINGS`); a
+bad one is a :class:`ParameterError`, one sentence that IPython shows without a traceback.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import torch
+
+from .data import load_images, parse_builtin
+from .objective import Likelihood
+from .store import RunConfig
+from .train import check_split, resolve_device
+
+PROJECT = Path(__file__).resolve().parent.parent
+ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
+REPORT_WEIGHTS = (1.0, 100.0, 0.0, 0.1, 10.0)
+"""The assignment's three weights, then two more for the rate–distortion curve."""
+
+
+def project_path(path: str | Path) -> Path:
+    """A notebook's relative path taken from the project folder, not from the kernel's folder.
+
+    JupyterLab starts a kernel in the notebook's own folder (notebooks/), papermill in the
+    caller's; anchoring relative paths at the project makes "runs" mean the same in both.
+    """
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT / path
+
+
+class ParameterError(ValueError):
+    """A bad notebook parameter. IPython shows it as its one sentence, without a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"ParameterError: {self}"]
+
+
+SETTINGS: dict[str, object] = typing.get_type_hints(RunConfig)
+"""The settings of a run, with their types: :class:`~vaehelpers.store.RunConfig`'s fields, the one source
+from which the notebooks' parameter checks and the command line's options are derived."""
+KINDS = {int: ((int,), "a whole number"), float: ((int, float), "a number"), str: ((str,), "a string")}
+
+
+def notebook_settings(namespace: dict) -> dict:
+    """The run settings among a notebook's variables (its parameters cell, after papermill's injections)."""
+    return {name: namespace[name] for name in SETTINGS if name in namespace}
+
+
+def run_config(**params) -> RunConfig:
+    """A :class:`RunConfig` from notebook parameters, or a :class:`ParameterError` naming the bad one."""
+    for name, value in params.items():
+        if name not in SETTINGS:
+            raise ParameterError(f"Unknown parameter {name!r}; the parameters are {', '.join(SETTINGS)}.")
+        wanted = KINDS.get(SETTINGS[name])  # type: ignore[call-overload]
+        if wanted and (isinstance(value, bool) or not isinstance(value, wanted[0])):
+            raise ParameterError(f"Parameter {name} = {value!r} should be {wanted[1]}.")
+    data = str(params.get("data", "builtin"))
+    try:
+        builtin = parse_builtin(data) is not None
+        if not builtin:
+            params = dict(params, data=str(project_path(data)))
+        config = RunConfig(**params)
+    except ValueError as e:
+        raise ParameterError(f"Parameter {e}") from None
+    if not builtin and not Path(config.data).exists():
+        raise ParameterError(f"Parameter data = {data!r} does not exist: give an image folder, an .npz/.npy file, or 'builtin'.")
+    return config
+
+
+def check_device(device: str) -> torch.device:
+    """The device a notebook parameter names, or a :class:`ParameterError`."""
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError(f"Parameter device = {device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'mps'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"Parameter device = {device!r} asks for CUDA, but no CUDA GPU is visible: use 'auto' or 'cpu'.")
+    return dev
+
+
+def check_report(kl_weights: list[float], device: str = "auto", likelihood: Likelihood = "fixed",
+                 **settings) -> dict[float, RunConfig]:
+    """Every check a report's runs need, before any of them trains: the weights (1, 100 and 0 with the
+    assignment's fixed likelihood), each run's settings, the device, and the data (present, readable, and
+    large enough for the validation split). Returns the run configurations by weight, or raises
+    :class:`ParameterError` with one sentence."""
+    weights = [float(w) for w in kl_weights]
+    missing = [f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w not in weights] if likelihood == "fixed" else []
+    if missing:
+        raise ParameterError(f"Parameter kl_weights = {kl_weights!r} lacks {', '.join(missing)}: the report needs 1, 100 and 0.")
+    configs = {w: run_config(kl_weight=w, likelihood=likelihood, **settings) for w in weights}
+    check_device(device)
+    first = next(iter(configs.values()))
+    try:
+        check_split(load_images(first.data, first.image_size, seed=first.seed), first)
+    except (OSError, ValueError) as e:
+        raise ParameterError(str(e)) from None
+    return configs
