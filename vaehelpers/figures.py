@@ -213,11 +213,12 @@ def rate_distortion(measurements: dict[Setting, dict], marked: tuple[float, ...]
         ax.scatter(m["rate"], m["distortion"], s=90 if is_marked else 35, zorder=2,
                    marker="*" if sigma else ("o" if is_marked else "s"),
                    color="C3" if sigma else ("C0" if is_marked else "0.4"))
-        ax.annotate(setting.label, (m["rate"], m["distortion"]),
+        ax.annotate("σ-VAE" if sigma else f"{setting.kl_weight:g}", (m["rate"], m["distortion"]),
                     textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize=9)  # alternate: no overlap
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlabel="rate: KL(q(z|x) ‖ p(z)), nats per image", ylabel="distortion: Σ(x − x̂)² per image",
-           title="Rate–distortion (validation); large dots: the assignment's weights")
+           title="Rate–distortion (validation), each point labelled with its KL weight;\n"
+                 "large dots: the assignment's weights, star: the σ-VAE (weight 1)")
     return fig
 
 

@@ -188,7 +188,7 @@ def fit(
 
     Pass a :class:`RunConfig` or its fields as keywords (``fit(kl_weight=100, epochs=20)``).
     The run's folder under ``runs_dir`` is named from the settings and the data.
-    ``progress``: True for a tqdm bar with the running loss, ``"epochs"`` for one printed
+    ``progress``: True for a tqdm bar (with the last epoch's objective), ``"epochs"`` for one printed
     line per epoch (for logs and papermill), False for silence.
     ``on_epoch_end(epoch, row)`` is called after each epoch (after its files, where it wrote them).
     ``checkpoint_every``: the least number of seconds between two writes of the run's files
