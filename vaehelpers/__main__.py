@@ -47,12 +47,10 @@ def _weights(text: str) -> list[float]:
 
 def run_summaries(runs_dir: str) -> list[str]:
     """What each finished run under ``runs_dir`` cost and reached, one line each."""
-    from .explore import finished_runs
-    from .store import load_run
+    from .explore import finished
 
     lines, total = [], 0.0
-    for folder in finished_runs(runs_dir).values():
-        run = load_run(folder)
+    for run in finished(runs_dir):
         h, images = run.history, run.info["split"]["train"]
         seconds = sum(h["seconds"])
         lines.append(f"{run.label} ({run.config.precision}, {run.info['device']}): {run.epochs_done} epochs of "

@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .data import to_uint8
 from .figures import grid_image
 from .measure import encode_all
 from .objective import kl_per_dim
 from .store import Run, RunDamaged, load_run
-from .data import to_uint8
 
 
-def finished_runs(runs_dir: str | os.PathLike = "runs") -> dict[str, Path]:
-    """Finished run folders under ``runs_dir`` by a readable label, ordered by likelihood and KL weight.
+def finished(runs_dir: str | os.PathLike = "runs") -> list[Run]:
+    """The finished runs under ``runs_dir``, ordered by likelihood and KL weight.
 
     A damaged folder is left out with a warning that names it (:class:`~vaehelpers.store.RunDamaged`).
     """
@@ -36,9 +36,13 @@ def finished_runs(runs_dir: str | os.PathLike = "runs") -> dict[str, Path]:
         try:
             runs.append(load_run(checkpoint.parent))
         except RunDamaged as e:
-            warnings.warn(f"Left out: {e}", stacklevel=2)
-    runs = sorted((r for r in runs if r.finished), key=lambda r: (r.config.likelihood, r.config.kl_weight, r.dir.name))
-    return {f"{run.label} — {run.dir.name}": run.dir for run in runs}
+            warnings.warn(f"Left out: {e}", stacklevel=3)
+    return sorted((r for r in runs if r.finished), key=lambda r: (r.config.likelihood, r.config.kl_weight, r.dir.name))
+
+
+def finished_runs(runs_dir: str | os.PathLike = "runs") -> dict[str, Path]:
+    """Finished run folders under ``runs_dir`` by a readable label (the explorer's run chooser)."""
+    return {f"{run.label} — {run.dir.name}": run.dir for run in finished(runs_dir)}
 
 
 @dataclass
