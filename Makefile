@@ -1,5 +1,5 @@
 # Two commands for a fresh machine: `make report` and `make test`.
-# Each creates the virtual environment .venv from pyproject.toml when it is missing or stale.
+# Each creates the virtual environment .venv from the lock when it is missing or stale.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,14 +10,35 @@ DEVICE ?= auto
 
 LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core poppler-utils
 
-.PHONY: report test lab venv latex clean
+# The exact versions of every package (Linux x86-64, CPython 3.11), from pyproject.toml by pip-compile.
+LOCK := requirements-lock.txt
+EXTRAS := notebooks test
+PIP_TOOLS := pip-tools==7.6.2
+# pip-compile does not read pip's configured constraint file (pip.conf's `constraint`, such as a cap on torch):
+# `make lock` passes it on, so that the lock holds what this machine's pip installs.
+PIP_CONSTRAINT_FILE = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$$/\1/p" | head -1)
+
+.PHONY: report test lab venv lock latex clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The locked packages, then the project itself without dependencies; pip check proves the lock complete.
+# In a git checkout, nbstripout becomes the notebooks' git filter, so outputs are never committed.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[notebooks,test]'
+	$(PY) -m pip install -r $(LOCK)
+	$(PY) -m pip install --no-deps -e .
+	$(PY) -m pip check
+	if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install --attributes .gitattributes; fi
 	touch $@
+
+# Refresh the lock after editing pyproject.toml: keeps the versions already locked, adds what is new;
+# `make lock UPGRADE=1` moves every package to the newest release allowed. pip-tools lives in .venv-lock.
+lock:
+	test -x .venv-lock/bin/pip-compile || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q $(PIP_TOOLS); }
+	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		$(addprefix --extra ,$(EXTRAS)) $(if $(UPGRADE),--upgrade) \
+		$(if $(PIP_CONSTRAINT_FILE),--constraint $(PIP_CONSTRAINT_FILE)) --output-file $(LOCK) pyproject.toml
 
 # LaTeX for the PDF report: installed with apt where we are root, else one line says what to install.
 latex:

@@ -24,6 +24,15 @@ def test_committed_without_outputs(path):
             assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs: clear them"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_as_the_nbstripout_git_filter_leaves_them(path):
+    """nbstripout is the notebooks' git filter (.gitattributes; make installs it): it finds nothing to strip."""
+    assert "*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text().splitlines()
+    stripped = subprocess.run([sys.executable, "-m", "nbstripout", "--textconv", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+    assert stripped == path.read_text(), f"{path.name} is not as nbstripout leaves it: run nbstripout on it"
+
+
 @pytest.mark.parametrize("name", ["run.ipynb", "report.ipynb"])
 def test_first_code_cell_holds_plain_parameters(name):
     nb = json.loads((ROOT / "notebooks" / name).read_text())

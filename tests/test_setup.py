@@ -1,9 +1,12 @@
 """The set-up files agree with each other: pyproject.toml, environment.yml, Makefile, README, CI."""
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +16,7 @@ def _pyproject():
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def test_environment_yml_in_step_with_pyproject():
+def test_environment_yml_installs_the_lock():
     project = _pyproject()
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert env["channels"] == ["conda-forge"]
@@ -22,12 +25,69 @@ def test_environment_yml_in_step_with_pyproject():
     python = next(d for d in conda if d.startswith("python"))
     minimum = re.search(r">=\s*3\.(\d+)", project["requires-python"]).group(1)
     assert int(python.split("=")[1].split(".")[1]) >= int(minimum)
-    # Every package comes from pyproject through pip: conda brings only Python and pip.
+    # Every package comes from the lock through pip: conda brings only Python and pip.
     assert sorted(conda) == sorted([python, "pip"])
-    (editable,) = pip
-    extras = re.fullmatch(r"-e \.\[(.*)\]", editable).group(1).split(",")
-    assert sorted(extras) == sorted(project["optional-dependencies"])
-    assert re.search(r"install -e '\.\[" + ",".join(extras) + r"\]'", (ROOT / "Makefile").read_text())
+    assert pip == ["-r requirements-lock.txt", "-e ."]
+    extras = re.search(r"^EXTRAS := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert sorted(extras) == sorted(project["optional-dependencies"])  # make lock locks every extra
+
+
+def _name(requirement: str) -> str:
+    """A distribution's name as PEP 503 normalises it (Jinja2 and jinja2, typing_extensions and typing-extensions)."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", requirement.strip())[0]).lower()
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-")):
+            name, version = line.split("==")
+            pins[_name(name)] = version.strip()
+    return pins
+
+
+def test_lock_pins_what_pyproject_requires_and_nothing_else():
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    project, pins = _pyproject(), _lock()
+    assert "make lock" in (ROOT / "requirements-lock.txt").read_text()[:300]  # how to refresh it
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for rs in project["optional-dependencies"].values() for r in rs]
+    for requirement in wanted:
+        name = _name(requirement.name)
+        assert name in pins, f"{name} is in pyproject.toml but not in the lock: run `make lock`"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"the lock's {name} {pins[name]} is outside {requirement}"
+    # Everything the requirements need, transitively, from the installed packages' metadata: the lock holds
+    # exactly that, so a dependency dropped from pyproject.toml leaves no stale pin behind.
+    needed, todo = set(), [(r, frozenset()) for r in wanted]
+    while todo:
+        requirement, extras = todo.pop()
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras or {""}):
+            continue
+        name = _name(requirement.name)
+        if (name, extras | requirement.extras) in needed:
+            continue
+        needed.add((name, frozenset(extras | requirement.extras)))
+        todo += [(Requirement(r), frozenset(requirement.extras)) for r in distribution(name).requires or []]
+    assert {name for name, _ in needed} == set(pins)
+
+
+def test_the_environment_is_exactly_the_lock():
+    """`make` installs the lock, then the project without dependencies: pip freeze shows the lock and no more
+    (pip itself aside: it comes with the virtual environment)."""
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        pytest.skip(f"pytest runs in {sys.prefix}, not in the project's .venv that make builds from the lock")
+    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    installed = {_name(line): line.split("==")[1] for line in frozen if "==" in line and _name(line) != "pip"}
+    assert not [line for line in frozen if "==" not in line and not line.startswith("#")], frozen
+    pins = _lock()
+    extra, missing = sorted(set(installed) - set(pins)), sorted(set(pins) - set(installed))
+    assert not extra and not missing, (f"installed but not locked: {extra}; locked but not installed: {missing}"
+                                       " (rebuild: rm -rf .venv && make venv)")
+    assert installed == pins
 
 
 def test_pyproject_names_the_required_libraries():
