@@ -8,6 +8,7 @@ EPOCHS ?=
 KL_WEIGHTS ?= 1,100,0,0.1,10
 DEVICE ?= auto
 
+BROWSER_PACKAGES := chromium chromium-driver
 LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core poppler-utils
 
 # The exact versions of every package (Linux x86-64, CPython 3.11), from pyproject.toml by pip-compile.
@@ -18,7 +19,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # `make lock` passes it on, so that the lock holds what this machine's pip installs.
 PIP_CONSTRAINT_FILE = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$$/\1/p" | head -1)
 
-.PHONY: report test lab venv lock latex clean
+.PHONY: report test lab venv lock latex browser clean
 
 venv: $(VENV)/.installed
 
@@ -40,13 +41,23 @@ lock:
 		$(addprefix --extra ,$(EXTRAS)) $(if $(UPGRADE),--upgrade) \
 		$(if $(PIP_CONSTRAINT_FILE),--constraint $(PIP_CONSTRAINT_FILE)) --output-file $(LOCK) pyproject.toml
 
-# LaTeX for the PDF report: installed with apt where we are root, else one line says what to install.
-latex:
-	@if command -v xelatex >/dev/null && command -v pandoc >/dev/null && command -v pdfinfo >/dev/null && fc-list 2>/dev/null | grep -q "DejaVu Serif"; then :; \
+# $(call apt,what,packages,test that they are there,what happens without them): Debian packages installed
+# with apt where we are root and they are missing, else one line says what to install.
+define apt
+	@if $(3); then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing LaTeX for the PDF report (a few minutes, once): $(LATEX_PACKAGES)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LATEX_PACKAGES) >/dev/null; \
-	else echo "The PDF report needs LaTeX: install $(LATEX_PACKAGES); the HTML report is made without it."; fi
+		echo "Installing $(1) (a few minutes, once): $(2)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	else echo "$(1): install $(2); $(4)."; fi
+endef
+
+# LaTeX for the PDF report.
+latex:
+	$(call apt,LaTeX for the PDF report,$(LATEX_PACKAGES),command -v xelatex >/dev/null && command -v pandoc >/dev/null && command -v pdfinfo >/dev/null && fc-list 2>/dev/null | grep -q "DejaVu Serif",the HTML report is made without it)
+
+# Chromium and its WebDriver for the browser tests (tests/test_browser.py).
+browser:
+	$(call apt,Chromium for the browser tests,$(BROWSER_PACKAGES),command -v chromium >/dev/null && command -v chromedriver >/dev/null,without it those tests are skipped with that reason)
 
 report: $(VENV)/.installed
 	-@$(MAKE) --no-print-directory latex
@@ -54,6 +65,7 @@ report: $(VENV)/.installed
 		$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 test: $(VENV)/.installed
+	-@$(MAKE) --no-print-directory browser
 	$(PY) -m pytest
 
 # JupyterLab on the project's environment, opening the interactive explorer (as root, too: containers).
@@ -61,4 +73,4 @@ lab: $(VENV)/.installed
 	$(PY) -m jupyter lab notebooks/explore.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
-	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf
+	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf test-artifacts

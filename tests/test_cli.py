@@ -8,14 +8,7 @@ import pytest
 
 from vaehelpers.__main__ import main
 
-TINY = ["--data", "builtin:150", "--epochs", "2", "--base-channels", "8", "--latent-dim", "4", "--batch-size", "50"]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    assert main(["report", *TINY, "--runs-dir", str(root / "runs"), "--out", str(root / "out")]) == 0
-    return root / "out"
+from conftest import TINY
 
 
 def test_executed_notebooks_and_html_are_written(built):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from papermill.exceptions import PapermillExecutionError
 
-from vaehelpers.explore import Explorer, finished_runs, png, set_quietly
+from vaehelpers.explore import Explorer, default_run, finished_runs, png, set_quietly
 from vaehelpers.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,11 +90,36 @@ def test_notebook_runs_and_keeps_still_images_for_readers_without_a_kernel(runs_
     assert not any(placeholder in html for placeholder in ("VBox(", "HBox(", "Dropdown("))
 
 
-def test_notebook_without_runs_says_which_command_makes_one(tmp_path):
+def test_notebook_without_runs_names_the_folder_it_searched_and_the_command_that_makes_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(PapermillExecutionError) as raised:
         papermill.execute_notebook(ROOT / "notebooks" / "explore.ipynb", tmp_path / "out.ipynb",
-                                   parameters={"runs_dir": str(tmp_path)}, progress_bar=False)
+                                   parameters={"runs_dir": "no-runs-here"}, progress_bar=False)
+    # a relative runs_dir starts at the project folder, not at the working directory: the message says where
+    assert f"No finished run in {ROOT / 'no-runs-here'} (runs_dir = 'no-runs-here')" in raised.value.evalue
     assert "make report" in raised.value.evalue
+
+
+def test_the_explorer_opens_on_kl_weight_1_and_says_when_sliders_clamp_the_code(runs_dir, explorer):
+    runs = finished_runs(runs_dir)
+    assert list(runs)[0].startswith("KL weight 0 —") and default_run(runs).startswith("KL weight 1 —")
+    assert default_run({"KL weight 0 — a": Path("a"), "KL weight 100 — b": Path("b")}) == "KL weight 0 — a"
+    assert explorer.clamp_note(0) == ""
+    assert explorer.clamp_note(2).startswith("This code lies outside ±3 in 2 of 5 dimensions")
+
+
+def test_a_value_the_browser_rounded_back_is_not_decoded_again(explorer):
+    z = explorer.code_of(0)
+    values, _ = explorer.sliders_from_code(z)
+    first = explorer.decode_sliders(values)
+    assert torch.equal(first, explorer.decode(explorer.code_from_sliders(values)))
+    snapped = [round(v / explorer.SLIDER_STEP) * explorer.SLIDER_STEP for v in values]  # e.g. -0.6000000000000001
+    assert explorer.decode_sliders(snapped) is None  # the browser's echo of what the kernel set
+    moved = list(snapped)
+    moved[0] += explorer.SLIDER_STEP  # one step of the most informative slider: a move
+    assert torch.equal(explorer.decode_sliders(moved), explorer.decode(explorer.code_from_sliders(moved)))
+    explorer.switch(explorer.run.dir)  # another run shows its own image, whatever the sliders say
+    assert explorer.decode_sliders(moved) is not None
 
 
 def test_sliders_map_to_the_code_in_kl_order_and_clamp_what_lies_outside(explorer):

@@ -23,7 +23,7 @@ from .data import to_uint8
 from .figures import grid_image
 from .measure import encode_all
 from .objective import kl_per_dim
-from .store import Run, RunDamaged, load_run
+from .store import Run, RunDamaged, Setting, load_run
 
 
 def finished(runs_dir: str | os.PathLike = "runs") -> list[Run]:
@@ -45,6 +45,13 @@ def finished_runs(runs_dir: str | os.PathLike = "runs") -> dict[str, Path]:
     return {f"{run.label} — {run.dir.name}": run.dir for run in finished(runs_dir)}
 
 
+def default_run(runs: dict[str, Path]) -> str:
+    """The run the explorer opens: KL weight 1, the assignment's VAE, whose codes lie within the sliders'
+    range (a KL weight 0 run's codes lie far outside it); else the first."""
+    prefix = f"{Setting('fixed', 1.0).label} — "
+    return next((label for label in runs if label.startswith(prefix)), next(iter(runs)))
+
+
 @dataclass
 class Explorer:
     """A run with its validation images and its latent dimensions ordered by KL (most informative first)."""
@@ -53,6 +60,7 @@ class Explorer:
     images: torch.Tensor  # uint8 validation images
     dims_by_kl: list[int]
     kl: list[float]  # mean KL of each dimension on the validation images, nats
+    shown: list[float] | None = None  # the code the latent-slider image was decoded from
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike) -> Explorer:
@@ -64,6 +72,8 @@ class Explorer:
 
     SLIDER_RANGE = 3.0
     """The latent sliders span ±3 prior standard deviations; a code outside is clamped to them."""
+    SLIDER_STEP = 0.05
+    """The sliders' step: the browser snaps every value to this grid."""
 
     def switch(self, run_dir: str | os.PathLike) -> None:
         """Explore another run, in place, so that every callback holding this explorer follows."""
@@ -83,6 +93,24 @@ class Explorer:
         values = [z[dim] for dim in self.dims_by_kl]
         clamped = [max(-self.SLIDER_RANGE, min(self.SLIDER_RANGE, v)) for v in values]
         return clamped, sum(c != v for c, v in zip(clamped, values))
+
+    def clamp_note(self, clamped: int) -> str:
+        """A sentence on a code the sliders cannot show whole ('This code lies outside ±3 in 17 of 20
+        dimensions: …'), or '' where none of it was clamped."""
+        if not clamped:
+            return ""
+        return (f"This code lies outside ±{self.SLIDER_RANGE:g} in {clamped} of {self.latent_dim} dimensions: the "
+                f"sliders stop at ±{self.SLIDER_RANGE:g}, and the image is decoded from the code as the sliders show it.")
+
+    def decode_sliders(self, values: list[float]) -> torch.Tensor | None:
+        """The image for these slider values (slider order), or None where every value lies within half a step
+        of the code already shown: that is the browser sending back a value it snapped to the slider's grid
+        (−0.591 returns as −0.6000000000000001), not a move, and decoding it again would only cost time."""
+        z = self.code_from_sliders(values)
+        if self.shown is not None and max(abs(a - b) for a, b in zip(z, self.shown)) < self.SLIDER_STEP / 2:
+            return None
+        self.shown = z
+        return self.decode(z)
 
     def code_from_sliders(self, values: list[float]) -> list[float]:
         """Slider values (slider order) to a code in the model's order."""
