@@ -134,7 +134,8 @@ OUTPUT_OF = NOTEBOOK + """
 const cell = nb.content.widgets.find(c => c.model.sharedModel.getSource().includes(arguments[0]));
 cell.outputArea.node.scrollIntoView();
 return cell.outputArea.node;"""
-# Counts, in the kernel, the decodings of the latent-slider image: Explorer.decode called for the sliders.
+# Counts, in the kernel, the decodings of the latent-slider image: Explorer.decode called for the sliders
+# (from decode_sliders; from the notebook's show_code in the explorer before it, so the test also measures that).
 COUNT_DECODES = """
 import sys
 from vaehelpers.explore import Explorer as _Explorer

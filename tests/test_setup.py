@@ -61,16 +61,15 @@ def test_lock_pins_what_pyproject_requires_and_nothing_else():
         assert requirement.specifier.contains(pins[name], prereleases=True), f"the lock's {name} {pins[name]} is outside {requirement}"
     # Everything the requirements need, transitively, from the installed packages' metadata: the lock holds
     # exactly that, so a dependency dropped from pyproject.toml leaves no stale pin behind.
-    needed, todo = set(), [(r, frozenset()) for r in wanted]
+    needed, todo = set(), [(r, frozenset()) for r in wanted]  # (requirement, the extras its requirer was asked for)
     while todo:
         requirement, extras = todo.pop()
         if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras or {""}):
             continue
-        name = _name(requirement.name)
-        if (name, extras | requirement.extras) in needed:
-            continue
-        needed.add((name, frozenset(extras | requirement.extras)))
-        todo += [(Requirement(r), frozenset(requirement.extras)) for r in distribution(name).requires or []]
+        name, asked = _name(requirement.name), frozenset(requirement.extras)  # extras asked of this package
+        if (name, asked) not in needed:
+            needed.add((name, asked))
+            todo += [(Requirement(r), asked) for r in distribution(name).requires or []]
     assert {name for name, _ in needed} == set(pins)
 
 
