@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from vaehelpers import data as data_module
+from vaehelpers import decode, folders
 from vaehelpers.data import batches, load_images, split_indices
 
 
@@ -93,11 +94,17 @@ def test_npz_of_the_course_shape_loads_as_is(tmp_path):
     assert load_images(tmp_path / "small.npy", 32).images.shape == (5, 3, 32, 32)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((5, 64, 64), np.uint8), np.zeros((5, 3, 64, 64), np.uint8),
-                                 np.zeros((5, 64, 64, 3), np.float32)])
-def test_npz_of_the_wrong_shape_or_type_is_a_clear_error(tmp_path, bad):
+@pytest.mark.parametrize("bad, says", [
+    (np.zeros((5, 64, 64, 5), np.uint8), r"shape \(5, 64, 64, 5\); expected \(N, H, W, 3\)"),
+    (np.zeros((0, 64, 64, 3), np.uint8), r"shape \(0, 64, 64, 3\); expected .* with N > 0"),
+    (np.zeros((2, 5, 64, 64, 3), np.uint8), r"shape \(2, 5, 64, 64, 3\); expected"),
+    (np.zeros((5, 64, 64, 3), np.int64), r"dtype int64; expected uint8 \(0..255\), uint16 \(0..65535\) or floats"),
+    (np.full((5, 64, 64, 3), 200.0, np.float32), r"float32 values from 200 to 200; floating-point images must lie in "
+                                                 r"\[0, 1\]: divide by 255"),
+])
+def test_npz_of_the_wrong_shape_or_type_is_a_clear_error(tmp_path, bad, says):
     np.savez(tmp_path / "bad.npz", images=bad)
-    with pytest.raises(ValueError, match=r"bad\.npz holds .*expected \(N, H, W, 3\) uint8"):
+    with pytest.raises(ValueError, match=r"bad\.npz holds .*" + says):
         load_images(tmp_path / "bad.npz")
 
 
@@ -108,8 +115,8 @@ def test_cache_hit_skips_decoding_and_a_changed_file_misses(tmp_path, monkeypatc
         _save(folder / f"{i}.png", np.full((40, 40, 3), i, np.uint8))
     first = load_images(folder, 32)
     calls = []
-    real_decode = data_module.decode_file
-    monkeypatch.setattr(data_module, "decode_file", lambda p: calls.append(p) or real_decode(p))
+    real_decode = folders.decode_file
+    monkeypatch.setattr(folders, "decode_file", lambda p: calls.append(p) or real_decode(p))
     second = load_images(folder, 32)
     assert calls == [] and torch.equal(first.images, second.images)
     _save(folder / "0.png", np.full((40, 40, 3), 250, np.uint8))  # new content, new size
@@ -169,7 +176,7 @@ def test_each_skipped_entry_is_counted_with_its_true_reason(tmp_path, monkeypatc
     (tmp_path / "private").mkdir()
     _save(tmp_path / "private" / "hidden.png", face)
     (tmp_path / "loop").symlink_to(tmp_path)  # a folder that contains itself
-    real_open, real_scandir = Image.open, data_module.os.scandir
+    real_open, real_scandir = Image.open, folders.os.scandir
 
     def open_image(path, *args):  # as root, chmod does not stop reading: refuse it here
         if str(path).endswith("locked.png"):
@@ -181,8 +188,8 @@ def test_each_skipped_entry_is_counted_with_its_true_reason(tmp_path, monkeypatc
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(data_module.Image, "open", open_image)
-    monkeypatch.setattr(data_module.os, "scandir", scandir)
+    monkeypatch.setattr(decode.Image, "open", open_image)
+    monkeypatch.setattr(folders.os, "scandir", scandir)
     with pytest.warns(UserWarning) as record:  # bomb.png, a 1-pixel file, would be "corrupt" had it been decoded
         loaded = _one(tmp_path)
     message = str(record[0].message)
@@ -201,7 +208,7 @@ def test_a_file_that_becomes_readable_is_decoded_again(tmp_path, monkeypatch):
     _save(tmp_path / "a.png", face)
     _save(tmp_path / "b.png", face)
     real_open = Image.open
-    monkeypatch.setattr(data_module.Image, "open",
+    monkeypatch.setattr(decode.Image, "open",
                         lambda p, *a: (_ for _ in ()).throw(PermissionError(13, "denied")) if str(p).endswith("b.png")
                         else real_open(p, *a))
     (tmp_path / "b.png").chmod(0o000)
@@ -224,3 +231,87 @@ def test_a_cache_entry_it_cannot_read_is_built_again(tmp_path):
     meta.write_text('{"source": "builtin:40", "skipped": 0, "count": 40}')  # an entry of an older version
     again = load_images("builtin:40", 16, cache_dir=tmp_path)
     assert torch.equal(again.images, first.images) and "skipped_entries" in meta.read_text()
+
+
+def _png16(path, rgb):
+    """A 16-bit RGB PNG, written by hand (Pillow writes no 16-bit colour PNG): rgb is (H, W, 3) uint16."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    stored = np.zeros((32, 32, 3), np.uint8)
+    stored[:16] = 255  # stored: white on top; tag 6 says "rotate 90° clockwise to show", so white is on the right
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(folder / "phone.jpg", exif=exif, quality=100)
+    with pytest.warns(decode.Converted, match=r"Converted 1 of 1 images in .*photos: 1 turned upright by their EXIF "
+                                              r"orientation \(phone.jpg\)\.$"):
+        img = _one(folder).images[0].int()
+    assert img[:, :, -5:].min() > 200 and img[:, :, :5].max() < 55  # right half white, left half black
+    assert img[:, :5, :].float().std() > 50  # the top row runs black to white, not all white
+
+
+def test_gif_tiff_16_bit_and_palette_images_load_like_any_other(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    grey = np.full((16, 16, 3), 77, np.uint8)
+    _save(folder / "a.png", grey)
+    _save(folder / "b.gif", grey)
+    _save(folder / "c.tif", grey)
+    _save(folder / "d.tiff", grey, compression="tiff_lzw")
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (77, 200, 10)]
+    frames[0].save(folder / "e-animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    _png16(folder / "f-rgb16.png", np.full((16, 16, 3), 77 * 257, np.uint16))
+    _save(folder / "g-grey16.png", np.full((16, 16), 77 * 257, np.uint16))
+    palette = Image.fromarray(np.indices((16, 16))[1].astype(np.uint8) // 8, "P")  # left: entry 0, right: entry 1
+    palette.putpalette([0, 0, 0, 77, 77, 77] + [0] * 762)
+    palette.save(folder / "h-palette.png", transparency=0)  # entry 0 transparent: white on the left
+    with pytest.warns(decode.Converted) as notes:
+        loaded = _one(folder)
+    assert len(loaded) == 8 and loaded.skipped == 0
+    by_name = dict(zip(sorted(p.name for p in folder.iterdir()), loaded.images))
+    for name in ("a.png", "b.gif", "c.tif", "d.tiff", "e-animated.gif", "f-rgb16.png", "g-grey16.png"):
+        assert (by_name[name].int() - 77).abs().max() <= 1, name  # the animated GIF by its first frame
+    assert (by_name["h-palette.png"][:, :, :7] == 255).all() and (by_name["h-palette.png"][:, :, 9:] == 77).all()
+    (line,) = [str(w.message) for w in notes]
+    assert "1 animated: first frame used (e-animated.gif)" in line and "1 alpha composited on white (h-palette.png)" in line
+    assert line.startswith(f"Converted 3 of 8 images in {folder}:") and "8 bits (g-grey16.png)" in line
+    with pytest.warns(decode.Converted, match="1 animated: first frame used"):  # a cached load says it too
+        load_images(folder, 16)
+
+
+@pytest.mark.parametrize("array, note", [
+    (np.concatenate([np.full((5, 16, 16, 3), 77, np.uint8), np.zeros((5, 16, 16, 1), np.uint8)], -1),
+     "alpha composited on white"),
+    (np.full((5, 16, 16, 1), 77, np.uint8), "grey expanded to RGB"),
+    (np.full((5, 16, 16), 77, np.uint8), "grey expanded to RGB"),
+    (np.full((5, 16, 16, 3), 77 * 257, np.uint16), "16-bit or floating-point values scaled to 8 bits"),
+    (np.full((5, 16, 16, 3), 77 / 255, np.float32), "16-bit or floating-point values scaled to 8 bits"),
+])
+def test_arrays_are_converted_like_files_and_say_so(tmp_path, array, note):
+    np.save(tmp_path / "faces.npy", array)
+    with pytest.warns(decode.Converted, match=rf"Converted all 5 images of .*faces.npy: {note}\.$"):
+        loaded = load_images(tmp_path / "faces.npy", 16)
+    expected = 255 if note.startswith("alpha") else 77  # fully transparent: white
+    assert loaded.images.shape == (5, 3, 16, 16) and (loaded.images.int() - expected).abs().max() <= 1
+
+
+def test_channels_first_array_says_how_to_transpose(tmp_path):
+    np.save(tmp_path / "chw.npy", np.zeros((5, 3, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"chw.npy holds an array of shape \(5, 3, 64, 64\), channels first; .*"
+                                         r"array.transpose\(0, 2, 3, 1\)"):
+        load_images(tmp_path / "chw.npy")

@@ -55,7 +55,7 @@ def bench_loading(n_images: int = 21551) -> list[str]:
 def bench_explore(base_channels: tuple[int, ...] = (16, 32), repeats: int = 20) -> list[str]:
     """One update of explore.ipynb's latent sliders on the CPU: decode one 64×64 image, encode it as PNG."""
     from .explore import png
-    from .data import to_uint8
+    from .decode import to_uint8
 
     lines = []
     for channels in base_channels:

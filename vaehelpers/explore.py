@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .data import to_uint8
+from .decode import to_uint8
 from .figures import grid_image
 from .measure import encode_all
 from .objective import kl_per_dim

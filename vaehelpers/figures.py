@@ -19,7 +19,7 @@ from torchvision.utils import make_grid
 from .model import ConvVAE
 from .objective import bits_per_dim, decoder_variance
 from .store import Run, Setting, key_epochs
-from .data import to_uint8
+from .decode import to_uint8
 
 
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
 from .files import write_atomic
 from .store import Run
-from .data import to_uint8
+from .decode import to_uint8
 from .train import evaluate, reconstruct, resolve_device
 
 CIRCULAR_FACTORS = ("hair_hue", "iris_hue", "background_hue")

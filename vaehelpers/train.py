@@ -23,7 +23,8 @@ from typing import Callable, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, batches, load_images, split_indices, to_uint8
+from .data import ImageSet, batches, load_images, split_indices
+from .decode import to_uint8
 from .files import locked, torch_save_atomic, write_atomic
 from .model import ConvVAE
 from .objective import VAELoss, bits_per_dim, vae_loss
