@@ -12,10 +12,12 @@ import argparse
 import typing
 import sys
 import time
+from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
 from .build import build_report
+from .files import NotWritable, explain
 from .params import REPORT_WEIGHTS, SETTINGS, ParameterError
 
 ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "base_channels": 32}
@@ -114,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ParameterError as e:  # found before any notebook ran
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a read-only folder: said in one sentence (files.NotWritable)
+        said = explain(e, Path(e.filename).parent if e.filename else Path(args.out), 0, "the report's files")
+        if said is e and not isinstance(e, NotWritable):
+            raise
+        print(f"error: {said}", file=sys.stderr)
         return 2
     print(f"report written in {time.perf_counter() - started:.0f} s: "
           + ", ".join(str(p) for p in written.values() if p is not None), flush=True)

@@ -14,11 +14,18 @@ import shutil
 from pathlib import Path
 
 from .data import parse_builtin
-from .params import PROJECT, REPORT_WEIGHTS, ParameterError, check_report
+from .files import write_atomic
+from .params import PROJECT, REPORT_WEIGHTS, ParameterError, check_report, check_space
 
 NOTEBOOKS = PROJECT / "notebooks"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
+
+RUN_NOTEBOOK_BYTES = 2_000_000
+REPORT_BYTES = 30_000_000
+"""Room kept for each executed run notebook and for report.ipynb, .html and .pdf together: about 4× what a
+report writes (measured on the tests' tiny report: 0.41-0.42 MB a run notebook, 6.7 MB the three report files),
+as figures vary with the data."""
 
 _PAPERMILL_CHATTER = re.compile(r"^(Executing|Ending) Cell|^<Figure size|^(Input|Output) Notebook|^Executing notebook")
 
@@ -52,10 +59,10 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
             settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
     except ValueError as e:
         raise ParameterError(str(e)) from None
-    check_report(list(kl_weights), device, **settings)  # everything, before the first run trains
+    configs = list(check_report(list(kl_weights), device, **settings).values())  # everything, before any training
     if sigma_vae:
-        check_report([1.0], device, likelihood="sigma-vae", **settings)
-    out.mkdir(parents=True, exist_ok=True)
+        configs += check_report([1.0], device, likelihood="sigma-vae", **settings).values()
+    check_space(configs, device, runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
     _show_notebook_output()
     common = dict(settings, device=device, runs_dir=str(runs_path))
     weights = [float(w) for w in kl_weights]
@@ -139,7 +146,7 @@ def export_html(notebook: Path, html: Path) -> Path:
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
     exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
-    html.write_text(body, encoding="utf-8")
+    write_atomic(html, body.encode("utf-8"))
     return html
 
 
@@ -157,5 +164,5 @@ def export_pdf(notebook: Path, pdf: Path) -> Path | None:
     exporter = PDFExporter(template_name="report_latex", extra_template_basedirs=[str(TEMPLATES)])
     exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb.metadata.get("title", "report")}})
-    pdf.write_bytes(body)
+    write_atomic(pdf, body)
     return pdf

@@ -7,14 +7,17 @@ bad one is a :class:`ParameterError`, one sentence that IPython shows without a 
 from __future__ import annotations
 
 import typing
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .data import load_images, parse_builtin
+from .files import ensure_writable, free_bytes, no_room
 from .objective import Likelihood
-from .store import RunConfig
-from .train import check_split, resolve_device
+from .store import RunConfig, run_bytes
+from .train import check_split, resolve_device, resolve_precision
 
 PROJECT = Path(__file__).resolve().parent.parent
 ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
@@ -100,3 +103,28 @@ def check_report(kl_weights: list[float], device: str = "auto", likelihood: Like
     except (OSError, ValueError) as e:
         raise ParameterError(str(e)) from None
     return configs
+
+
+def check_space(configs: list[RunConfig], device: str, runs_dir: Path, out_dir: Path, report_bytes: int) -> int:
+    """Check, before anything trains, that ``runs_dir`` and ``out_dir`` take files and that their disks hold
+    the runs not yet trained (:func:`~vaehelpers.store.run_bytes` each) and ``report_bytes`` of report; the sum
+    where both are on one filesystem. Raises :class:`~vaehelpers.files.NotWritable` in one sentence; returns
+    the number of runs still to train."""
+    dev = resolve_device(device)
+    with warnings.catch_warnings():  # the data's skip and conversion lines were said by check_report
+        warnings.simplefilter("ignore")
+        data = load_images(configs[0].data, configs[0].image_size, seed=configs[0].seed)
+    todo = [cfg for cfg in configs if not (runs_dir / replace(cfg, precision=resolve_precision(cfg.precision, dev))
+                                           .run_name(data.key) / "checkpoint.pt").exists()]
+    runs_need = sum(run_bytes(cfg, len(data)) for cfg in todo)
+    runs_what = f"the {len(todo)} run{'s' if len(todo) != 1 else ''} still to train"
+    ensure_writable(runs_dir, 0, runs_what)
+    ensure_writable(out_dir, 0, "the report")
+    if runs_dir.stat().st_dev == out_dir.stat().st_dev:
+        checks = [(runs_dir, runs_need + report_bytes, f"{runs_what} and the report")]
+    else:
+        checks = [(runs_dir, runs_need, runs_what), (out_dir, report_bytes, "the report")]
+    for folder, need, what in checks:
+        if free_bytes(folder) < need:
+            raise no_room(folder, need, what)
+    return len(todo)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet, batches, load_images, split_indices
 from .decode import to_uint8
-from .files import locked, torch_save_atomic, write_atomic
+from .files import NotWritable, ensure_writable, locked, torch_save_atomic, write_atomic
 from .model import ConvVAE
 from .objective import VAELoss, bits_per_dim, vae_loss
 from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt
@@ -201,7 +201,7 @@ def fit(
     data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
     check_split(data, cfg)
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(run_dir, 0, "the run's files")  # a read-only runs folder is said in one sentence
     with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
@@ -252,7 +252,7 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    last_written = _clock()
+    last_written, written_epoch = _clock(), start_epoch
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
@@ -276,13 +276,17 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
                     "samples": to_uint8(model.decode(prior_z.to(dev))),
                 }
         if epoch == cfg.epochs or _clock() - last_written >= checkpoint_every:
-            torch_save_atomic(run_dir / "snapshots.pt", snapshots)
-            write_atomic(run_dir / "history.csv", history_csv(history))
-            torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
-            })
-            last_written = _clock()
+            try:
+                torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+                write_atomic(run_dir / "history.csv", history_csv(history))
+                torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
+                })
+            except NotWritable as e:  # a full disk: the last complete checkpoint stays, and the run resumes from it
+                resumes = f"after epoch {written_epoch}, its last complete checkpoint" if written_epoch else "from the start"
+                raise NotWritable(e.errno, f"{e} (Run {run_dir.name} then resumes {resumes}.)") from None
+            last_written, written_epoch = _clock(), epoch
         if progress == "epochs":
             print(f"kl_weight={cfg.kl_weight:g} epoch {epoch}/{cfg.epochs}: objective {row['train_objective']:.1f}, "
                   f"validation -ELBO {row['val_neg_elbo']:.1f} nats ({row['seconds']:.1f} s)", flush=True)
