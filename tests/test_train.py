@@ -134,3 +134,33 @@ def test_bf16_run_is_deterministic_and_validated_in_fp32(tmp_path):
     _, val_idx = split_indices(len(data), TINY["val_fraction"], 0)
     val = evaluate(a.model, data.images[val_idx], 1.0, seed=0 + TINY["epochs"])
     assert val["neg_elbo"] == pytest.approx(a.history["val_neg_elbo"][-1], rel=1e-6)
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_measured_slowdown(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    train._emulation_rates.cache_clear()
+    with pytest.warns(train.EmulatedBf16, match=r"^precision bf16 is emulated on this CPU \(it has no AVX512-BF16 or "
+                                                r"AMX\): a training step of this model measured here ran \d+\.\dx slower "
+                                                r"than in fp32 \([\d,]+ against [\d,]+ images/s\); train with precision "
+                                                r"'auto' or 'fp32'"):
+        run = fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1, precision="bf16"))
+    assert run.config.precision == "bf16"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", train.EmulatedBf16)
+        fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1, precision="bf16"))  # reused: not trained, no warning
+        assert fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1)).config.precision == "fp32"  # auto
+
+
+def test_the_bench_times_emulated_bf16_on_two_steps_and_says_so(monkeypatch):
+    from vaehelpers import bench
+
+    calls = []
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(bench, "training_rate", lambda dev, channels, precision, **kw: calls.append((precision, kw))
+                        or (1000.0 if precision == "fp32" else 80.0))
+    (line,) = bench.bench_training("cpu", base_channels=(16,))
+    assert calls.count(("bf16", {"steps": 2, "warmup": 1})) == 1 and [c for c, _ in calls].count("fp32") == 3
+    assert "bf16 emulated: no AVX512-BF16/AMX" in line and "bf16 on 2 steps, emulated 80 images/s (0.08x)" in line
+    assert "s per epoch of 21,551 images in fp32" in line
