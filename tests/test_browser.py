@@ -89,7 +89,8 @@ def lab(tmp_path_factory):
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                "--ServerApp.port_retries=0", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
                "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={settings}",
-               f"--LabApp.workspaces_dir={root / 'workspaces'}"] + (["--allow-root"] if os.geteuid() == 0 else [])
+               f"--LabApp.workspaces_dir={root / 'workspaces'}", "--KernelManager.transport=ipc",  # as `make lab`
+               ] + (["--allow-root"] if os.geteuid() == 0 else [])
     env = dict(os.environ, VAEHELPERS_CACHE=str(cache), JUPYTER_CONFIG_DIR=str(root / "config"),
                JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -201,6 +202,8 @@ def explorer_page(browser, lab):
 
 def test_explorer_opens_on_kl_weight_1_with_every_widget_drawn(explorer_page):
     driver, errors = explorer_page
+    log = (ARTIFACTS / "jupyterlab.log").read_text()
+    assert "Kernel started" in log and "without encryption" not in log  # a local kernel over IPC, as `make lab`'s
     chooser = driver.execute_script(OUTPUT_OF, "choose = w.Dropdown").find_element("css selector", "select")
     assert Select(chooser).first_selected_option.text.startswith("KL weight 1 —")
     assert len(Select(chooser).options) == 2

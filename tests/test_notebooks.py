@@ -113,3 +113,21 @@ def test_parameter_cells_match_the_run_settings(name, extras):
         kind = SETTINGS[setting]
         assert annotations[setting] == (str if typing.get_origin(kind) is typing.Literal else kind), setting
         assert namespace[setting] == defaults[setting], setting
+
+
+def test_the_notebooks_kernels_are_local_and_print_no_tcp_warning(tmp_path, capfd):
+    """ipykernel warns, on the user's terminal, that a kernel over TCP runs without encryption: the build's kernels
+    use Unix sockets, where that does not apply (and the check can fail: papermill's default kernel warns)."""
+    import nbformat
+    from vaehelpers.build import execute_notebook
+
+    transport = "import json; print(json.load(open(get_ipython().config.IPKernelApp.connection_file))['transport'])"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(transport)],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(tmp_path / "in.ipynb", tmp_path / "tcp.ipynb", progress_bar=False)
+    assert "running over TCP without encryption" in capfd.readouterr().err
+    executed = execute_notebook(tmp_path / "in.ipynb", tmp_path / "ipc.ipynb", progress_bar=False)
+    assert "without encryption" not in capfd.readouterr().err
+    assert executed.cells[0].outputs[0]["text"].strip() == "ipc"

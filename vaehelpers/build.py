@@ -27,6 +27,20 @@ REPORT_BYTES = 30_000_000
 report writes (measured on the tests' tiny report: 0.41-0.42 MB a run notebook, 6.7 MB the three report files),
 as figures vary with the data."""
 
+LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
+"""The notebooks' kernels talk to papermill over Unix sockets in Jupyter's private runtime folder, not over TCP
+ports: on one machine there is no network to encrypt, and ipykernel's warning that a TCP kernel runs without
+encryption does not apply (``make lab`` starts JupyterLab's kernels the same way)."""
+
+
+def execute_notebook(source: Path, out: Path, **kwargs):
+    """``papermill.execute_notebook`` with a local (IPC) kernel."""
+    import papermill
+    from traitlets.config import Config
+
+    return papermill.execute_notebook(source, out, config=Config(LOCAL_KERNEL), **kwargs)
+
+
 _PAPERMILL_CHATTER = re.compile(r"^(Executing|Ending) Cell|^<Figure size|^(Input|Output) Notebook|^Executing notebook")
 
 
@@ -51,8 +65,6 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     ``settings`` are :class:`RunConfig` fields shared by every run (data, epochs, lr, ...).
     Returns the paths written; ``pdf`` is None where LaTeX is missing.
     """
-    import papermill
-
     out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
     try:
         if "data" in settings and parse_builtin(settings["data"]) is None:  # relative to the caller, not the project
@@ -75,10 +87,10 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
             print(f"== run {i} of {len(jobs)}, {what}: {out / name} is up to date", flush=True)
             continue
         print(f"== run {i} of {len(jobs)}, {what}: notebooks/run.ipynb -> {out / name}", flush=True)
-        papermill.execute_notebook(notebooks / "run.ipynb", out / name, log_output=True, progress_bar=False,
+        execute_notebook(notebooks / "run.ipynb", out / name, log_output=True, progress_bar=False,
                                    parameters=parameters)
     print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
-    papermill.execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
+    execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
                                parameters=dict(common, kl_weights=weights, sigma_vae=sigma_vae))
     html = export_html(out / "report.ipynb", out / "report.html")
     pdf = export_pdf(out / "report.ipynb", out / "report.pdf")
