@@ -19,7 +19,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # `make lock` passes it on, so that the lock holds what this machine's pip installs.
 PIP_CONSTRAINT_FILE = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$$/\1/p" | head -1)
 
-.PHONY: report test lab venv lock latex browser clean
+.PHONY: report test lab board venv lock latex browser clean
 
 venv: $(VENV)/.installed
 
@@ -72,6 +72,11 @@ test: $(VENV)/.installed
 # Its kernels talk to it over Unix sockets, not TCP ports (vaehelpers.build.LOCAL_KERNEL says why).
 lab: $(VENV)/.installed
 	$(PY) -m jupyter lab notebooks/explore.ipynb --KernelManager.transport=ipc $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# TensorBoard on the runs folder (curves, images, the HParams table of every run), on localhost.
+PORT ?= 6006
+board: $(VENV)/.installed
+	$(PY) -m vaehelpers board --runs-dir runs --port $(PORT)
 
 clean:
 	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf test-artifacts

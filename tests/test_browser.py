@@ -1,4 +1,5 @@
-"""The explorer in JupyterLab and the HTML report, opened in a real browser: headless Chromium driven by Selenium.
+"""The explorer in JupyterLab, the HTML report and TensorBoard (`make board`), opened in a real browser: headless
+Chromium driven by Selenium.
 
 What only a browser shows: the widget front end loads and logs no error, each image keeps its aspect
 ratio, moving a slider changes the picture, a slider step or a run switch decodes the latent image once
@@ -307,4 +308,94 @@ def test_report_renders_from_disk_with_the_network_shut(browser, request, which)
     browser.execute_script("[...document.querySelectorAll('math')].sort((a, b) => b.getBoundingClientRect().width"
                            " - a.getBoundingClientRect().width)[0].scrollIntoView({block: 'center'});")  # the widest
     browser.save_screenshot(str(ARTIFACTS / f"report-{which}-formula.png"))
+    assert not _errors(browser, errors), errors
+
+
+# ------------------------------------------------------------------------------------------ TensorBoard
+
+DEEP = """
+const out = {text: [], images: []};
+function walk(root) {  // the page's text and images, inside shadow roots and frames too (TensorBoard has both)
+  for (const el of root.querySelectorAll('*')) {
+    if (el.shadowRoot) walk(el.shadowRoot);
+    if (el.tagName === 'IFRAME') { try { walk(el.contentDocument); } catch (e) {} }
+    if (el.tagName === 'IMG' && el.complete) out.images.push([el.naturalWidth, el.naturalHeight]);
+    if (!['STYLE', 'SCRIPT'].includes(el.tagName) && el.childElementCount === 0) out.text.push(el.textContent);
+  }
+}
+walk(document);
+return {text: out.text.join(' ').replace(/\\s+/g, ' '), images: out.images};
+"""
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """`python -m vaehelpers board` (what `make board` runs) on a free localhost port over two tiny measured runs,
+    KL weights 0 and 1; one trained before events existed (written from its files when the board starts)."""
+    from vaehelpers import fit
+    from vaehelpers.measure import measure_run
+
+    root = tmp_path_factory.mktemp("board")
+    runs = {}
+    for weight in (0.0, 1.0):
+        run = fit(data="builtin:300", image_size=32, base_channels=8, latent_dim=4, epochs=4, batch_size=50,
+                  kl_weight=weight, runs_dir=root / "runs", progress=False, cache_dir=root / "cache",
+                  events=weight == 1.0)
+        measure_run(run, k=4, iwae_images=16, mmd_images=16, probe_images=100, cache_dir=root / "cache")
+        if weight == 0.0:  # measuring wrote its events: remove them, as for a run measured before events existed
+            for events in run.dir.glob("events.out.tfevents.*"):
+                events.unlink()
+        runs[weight] = run.dir.name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS / "tensorboard.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "vaehelpers", "board", "--runs-dir", str(root / "runs"),
+                                   "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, VAEHELPERS_CACHE=str(root / "cache")))
+        try:
+            def up():
+                assert server.poll() is None, f"the board exited: see {ARTIFACTS / 'tensorboard.log'}"
+                try:
+                    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2)) or None
+                except OSError:
+                    return None
+            assert sorted(_wait(up, "TensorBoard to start", timeout=120, every=0.5)) == sorted(runs.values())
+            yield f"http://127.0.0.1:{port}", runs
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _dashboard(browser, url: str, name: str, ready) -> dict:
+    browser.get(url)
+    page = _wait(lambda: (lambda p: p if ready(p) else None)(browser.execute_script(DEEP)), f"TensorBoard's {name}",
+                 timeout=60, every=1)
+    browser.save_screenshot(str(ARTIFACTS / f"tensorboard-{name}.png"))
+    return page
+
+
+def test_tensorboard_shows_both_runs_curves_images_and_hparams_offline(browser, board):
+    url, runs = board
+    errors: list[str] = []
+    log = (ARTIFACTS / "tensorboard.log").read_text()
+    assert f"events written from the files of {runs[0.0]} (4 epochs)" in log and "TensorBoard on " in log
+    for name in runs.values():  # what the scalar cards draw: one point per epoch of each run
+        points = json.load(urllib.request.urlopen(f"{url}/data/plugin/scalars/scalars?run={name}&tag=val/neg_elbo"))
+        assert [step for _, step, _ in points] == [6, 12, 18, 24], (name, points)
+
+    scalars = _dashboard(browser, f"{url}/#scalars&tagFilter=val%2Fneg_elbo", "scalars",
+                         lambda p: "val/neg_elbo" in p["text"] and all(r in p["text"] for r in runs.values()))
+    assert "Tags matching" in scalars["text"]  # the card of the filtered tag, with both runs in the run list
+    images = _dashboard(browser, f"{url}/#images", "images",
+                        lambda p: len([w for w, h in p["images"] if w > 0]) >= 4)
+    assert "snapshots/reconstructions" in images["text"] and "snapshots/prior_samples" in images["text"]
+    # 32-pixel images with make_grid's 2-pixel border, 8 a row: the panel above its reconstructions, 32 samples
+    assert {(w, h) for w, h in images["images"] if w > 0} == {(8 * 34 + 2, 2 * 34 + 2), (8 * 34 + 2, 4 * 34 + 2)}
+    hparams = _dashboard(browser, f"{url}/#hparams", "hparams",
+                         lambda p: "kl_weight" in p["text"] and all(r in p["text"] for r in runs.values()))
+    for column in ("kl_weight", "latent_dim", "likelihood", "precision", "seed", "val/neg_elbo", "measure/psnr_db"):
+        assert column in hparams["text"], column
+    assert " 0.0000 " in hparams["text"] and " 1.0000 " in hparams["text"]  # the two KL weights in the table
     assert not _errors(browser, errors), errors

@@ -19,7 +19,9 @@ def _without_time(history):
 def test_run_folder_holds_config_history_snapshots_and_weights(tmp_path):
     run = fit(runs_dir=tmp_path, progress=False, **TINY)
     assert run.finished and run.epochs_done == 3
-    assert {p.name for p in run.dir.iterdir()} == {"config.json", "history.csv", "snapshots.pt", "checkpoint.pt", ".lock"}
+    names = {p.name for p in run.dir.iterdir()}
+    events = {n for n in names if n.startswith("events.out.tfevents.")}  # TensorBoard's (tests/test_board.py)
+    assert names - events == {"config.json", "history.csv", "snapshots.pt", "checkpoint.pt", ".lock"} and len(events) == 1
     info = json.loads((run.dir / "config.json").read_text())
     assert info["split"]["val"] == 12 and len(info["split"]["val_indices"]) == 12
     assert list(run.history) == HISTORY_COLUMNS and run.history["epoch"] == [1, 2, 3]

@@ -64,6 +64,30 @@ def run_summaries(runs_dir: str) -> list[str]:
     return lines
 
 
+def show_board(runs_dir: str, host: str, port: int) -> int:
+    """``board``: write the events runs trained before them lack, start TensorBoard, print its address, wait."""
+    from .board import serve, write_missing
+
+    runs = Path(runs_dir).resolve()
+    if not runs.is_dir():
+        print(f"error: no runs folder {runs}: train runs first (make report), or give --runs-dir.", file=sys.stderr)
+        return 2
+    for line in write_missing(runs):
+        print(line, flush=True)
+    try:
+        url = serve(runs, host, port)
+    except Exception as e:  # TensorBoardPortInUseError, a bad address
+        print(f"error: TensorBoard could not start on {host}:{port} ({e}): give another --port.", file=sys.stderr)
+        return 2
+    print(f"TensorBoard on {runs}: {url} (Ctrl-C stops it). On a cluster, run it on the login node and open "
+          f"`ssh -L {port}:localhost:{port} <login node>` from your machine, then {url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaehelpers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,21 +109,30 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--images", type=int, default=21551, help="size of the folder and .npz used to time loading")
     bench.add_argument("--compare-precision", action="store_true",
                        help="instead: train the quick budget's weight-1 run in fp32 and in bf16, compare the results")
+    bench.add_argument("--events", action="store_true",
+                       help="instead: what writing TensorBoard events costs on the quick budget's weight-1 run")
     bench.add_argument("--data", help="with --compare-precision: another data source for the quick budget")
     bench.add_argument("--epochs", type=int, help="with --compare-precision: another number of epochs")
     bench.add_argument("--runs-dir", default="runs", help="with --compare-precision: where the two runs go")
+    board = sub.add_parser("board", help="TensorBoard on the runs folder: curves, images and the HParams table")
+    board.add_argument("--runs-dir", default="runs")
+    board.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    board.add_argument("--port", type=int, default=6006)
     summary = sub.add_parser("summary", help="one line per finished run: device, precision, speed, GPU memory, -ELBO")
     summary.add_argument("--runs-dir", default="runs")
     args = parser.parse_args(argv)
+    if args.command == "board":
+        return show_board(args.runs_dir, args.host, args.port)
     if args.command == "summary":
         for line in run_summaries(args.runs_dir):
             print(line, flush=True)
         return 0
     if args.command == "bench":
-        from .bench import bench_explore, bench_loading, bench_training, compare_precision
+        from .bench import bench_explore, bench_loading, bench_training, compare_events, compare_precision
 
         quick = {**QUICK, **{k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}}
         lines = (compare_precision(quick, args.device, args.runs_dir) if args.compare_precision else
+                 compare_events(quick, args.device) if args.events else
                  bench_training(args.device) + bench_explore() + bench_loading(args.images))
         for line in lines:
             print(line, flush=True)

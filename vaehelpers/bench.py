@@ -115,3 +115,39 @@ def compare_precision(settings: dict, device: str = "auto", runs_dir: str = "run
             f"fp32: validation -ELBO {e32:,.2f} nats, PSNR {p32:.2f} dB, training {t32:.0f} s",
             f"bf16: validation -ELBO {e16:,.2f} nats, PSNR {p16:.2f} dB, training {t16:.0f} s",
             f"bf16 - fp32: -ELBO {100 * (e16 - e32) / e32:+.3f} %, PSNR {p16 - p32:+.2f} dB, time {t16 / t32:.2f}x"]
+
+
+def compare_events(settings: dict, device: str = "auto") -> list[str]:
+    """What writing TensorBoard events costs: the quick budget's weight-1 run trained without and with them,
+    side by side (each in a fresh temporary runs folder), and the writing alone, timed by replaying every call
+    the training made (the same scalars, images and flushes) into a temporary folder."""
+    from .board import Board, recorded_steps, steps_per_epoch
+    from .store import RunConfig
+    from .train import fit
+
+    cfg = RunConfig(**dict(settings, kl_weight=1.0))
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for events in (False, True):
+            started = time.perf_counter()
+            run = fit(cfg, runs_dir=Path(tmp) / str(events), device=device, progress=False, events=events)
+            seconds[events] = time.perf_counter() - started
+        steps = steps_per_epoch(run.config, run.info["split"]["train"])
+        started = time.perf_counter()
+        board = Board(Path(tmp) / "replay", run.config, steps, {}, {})
+        for epoch in run.history["epoch"]:
+            row = {c: values[epoch - 1] for c, values in run.history.items()}
+            board.step_objectives(epoch, [row["train_objective"]] * len(recorded_steps(steps)))
+            board.epoch(row)
+            if epoch in run.snapshots["epochs"]:
+                shot = run.snapshots["epochs"][epoch]
+                board.snapshot(epoch, run.snapshots["panel"], shot["recon"], shot["samples"])
+            board.flush()  # at most once per epoch in training (with the checkpoint)
+        board.close()
+        writing = time.perf_counter() - started
+    described = ", ".join(f"{k} {v}" for k, v in settings.items())
+    return [f"KL weight 1, {described}, on {resolve_device(device)} ({run.config.precision}):",
+            f"training without events {seconds[False]:.1f} s, with events {seconds[True]:.1f} s "
+            f"({100 * (seconds[True] / seconds[False] - 1):+.1f} %, side by side: the machine's noise included)",
+            f"writing the events alone (every call replayed): {writing:.2f} s, "
+            f"{100 * writing / seconds[True]:.2f} % of the training with events"]

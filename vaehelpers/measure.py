@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from .data import batches
 from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
-from .files import write_atomic
+from .board import write_measurements
+from .files import locked, write_atomic
 from .store import Run
 from .decode import to_uint8
 from .train import evaluate, reconstruct, resolve_device
@@ -238,4 +239,6 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
         result["probe_r2_sampled"] = factor_r2(z_train, train_factors, z_val, val_factors)
     result["seconds"] = time.perf_counter() - started
     write_atomic(path, json.dumps(result, indent=1).encode())
+    with locked(run.dir / ".lock", f"the run {run.dir}"):  # one process at a time writes a run's events
+        write_measurements(run, result)
     return result

@@ -25,6 +25,7 @@ from typing import Callable, Literal
 import torch
 from tqdm.auto import tqdm
 
+from .board import Board, recorded_steps
 from .data import ImageSet, batches, load_images, split_indices
 from .decode import to_uint8
 from .files import NotWritable, ensure_writable, locked, torch_save_atomic, write_atomic
@@ -174,8 +175,10 @@ def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor
 
 
 def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
-                 shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm, epoch: int) -> dict[str, float]:
-    """One pass over the shuffled training images; returns the terms' means over the epoch.
+                 shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm,
+                 epoch: int) -> tuple[dict[str, float], list[float]]:
+    """One pass over the shuffled training images; returns the terms' means over the epoch, and the objectives
+    of the mini-batches :func:`~vaehelpers.board.recorded_steps` names (kept on the device until the epoch ends).
 
     Raises :class:`TrainingDiverged` at the end of an epoch in which a step's objective was not
     finite (found on the device, so that no step waits for it).
@@ -185,8 +188,11 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     sums = {k: torch.zeros((), device=device) for k in TERMS[:-1]}  # on the device: no sync per step
     steps = torch.arange(1, math.ceil(len(images) / cfg.batch_size) + 1, device=device)
     first_bad = torch.full((), len(steps) + 1, device=device)  # the first step whose objective was not finite
+    recorded, kept = set(recorded_steps(len(steps))), []
     for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
         loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen)
+        if step in recorded:
+            kept.append(loss.objective.detach())
         first_bad = torch.where(torch.isfinite(loss.objective), first_bad, torch.minimum(first_bad, steps[step]))
         for k in sums:
             sums[k] += getattr(loss, k).detach() * len(x)
@@ -197,7 +203,7 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     means = {k: v.item() / len(images) for k, v in sums.items()}
     bar.set_postfix(epoch=epoch, objective=f"{means['objective']:.1f}")
     means["bits_per_dim"] = float(bits_per_dim(means["neg_elbo"], images[0].numel()))
-    return means
+    return means, torch.stack(kept).tolist()  # sent with the sums, at the epoch's one wait
 
 
 def _diverged(cfg: RunConfig, where: str) -> str:
@@ -227,6 +233,7 @@ def fit(
     progress: bool | str = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint_every: float = 30.0,
+    events: bool = True,
     **settings,
 ) -> Run:
     """Train one VAE setting, or reuse/resume the run with the same settings.
@@ -238,6 +245,7 @@ def fit(
     ``on_epoch_end(epoch, row)`` is called after each epoch (after its files, where it wrote them).
     ``checkpoint_every``: the least number of seconds between two writes of the run's files
     (0: after every epoch); the last epoch is always written.
+    ``events``: write TensorBoard events into the run's folder while it trains (:mod:`vaehelpers.board`).
     """
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
@@ -250,13 +258,13 @@ def fit(
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
             warn_if_emulated(cfg, dev)
-            _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every)
+            _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every, events)
         return done if done is not None and done.finished else load_run(run_dir)
 
 
 def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, done: Run | None,
            progress: bool | str, on_epoch_end: Callable[[int, dict[str, float]], None] | None,
-           checkpoint_every: float) -> None:
+           checkpoint_every: float, events: bool) -> None:
     """Train ``cfg`` into ``run_dir`` from scratch, or on from ``done``, the run's last checkpoint."""
     train_idx, val_idx = check_split(data, cfg)
     images = data.images.to(dev)
@@ -301,40 +309,52 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        started = time.perf_counter()
-        train = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch)
-        val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
-        if not all(math.isfinite(v) for v in val.values()):  # a step that left the weights non-finite
-            raise TrainingDiverged(_diverged(cfg, f"after the last step of epoch {epoch}"))
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
-        row["seconds"] = time.perf_counter() - started
-        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else 0.0
-        for c in HISTORY_COLUMNS:
-            history[c].append(row[c])
+    board = Board(run_dir, cfg, steps_per_epoch, history, snapshots) if events else None
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            train, step_objectives = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch)
+            val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
+            if not all(math.isfinite(v) for v in val.values()):  # a step that left the weights non-finite
+                raise TrainingDiverged(_diverged(cfg, f"after the last step of epoch {epoch}"))
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
+            row["seconds"] = time.perf_counter() - started
+            row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else 0.0
+            for c in HISTORY_COLUMNS:
+                history[c].append(row[c])
+            if board is not None:
+                board.step_objectives(epoch, step_objectives)
+                board.epoch(row)
 
-        if epoch in cfg.snapshot_epochs:
-            model.eval()
-            with torch.no_grad():
-                snapshots["epochs"][epoch] = {
-                    "recon": to_uint8(reconstruct(model, panel.float() / 255)),
-                    "samples": to_uint8(model.decode(prior_z.to(dev))),
-                }
-        if epoch == cfg.epochs or _clock() - last_written >= checkpoint_every:
-            try:
-                torch_save_atomic(run_dir / "snapshots.pt", snapshots)
-                write_atomic(run_dir / "history.csv", history_csv(history))
-                torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
-                })
-            except NotWritable as e:  # a full disk: the last complete checkpoint stays, and the run resumes from it
-                resumes = f"after epoch {written_epoch}, its last complete checkpoint" if written_epoch else "from the start"
-                raise NotWritable(e.errno, f"{e} (Run {run_dir.name} then resumes {resumes}.)") from None
-            last_written, written_epoch = _clock(), epoch
-        if progress == "epochs":
-            print(f"kl_weight={cfg.kl_weight:g} epoch {epoch}/{cfg.epochs}: objective {row['train_objective']:.1f}, "
-                  f"validation -ELBO {row['val_neg_elbo']:.1f} nats ({row['seconds']:.1f} s)", flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-    bar.close()
+            if epoch in cfg.snapshot_epochs:
+                model.eval()
+                with torch.no_grad():
+                    snapshots["epochs"][epoch] = shot = {
+                        "recon": to_uint8(reconstruct(model, panel.float() / 255)),
+                        "samples": to_uint8(model.decode(prior_z.to(dev))),
+                    }
+                if board is not None:
+                    board.snapshot(epoch, snapshots["panel"], shot["recon"], shot["samples"])
+            if epoch == cfg.epochs or _clock() - last_written >= checkpoint_every:
+                try:
+                    torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+                    write_atomic(run_dir / "history.csv", history_csv(history))
+                    if board is not None:
+                        board.flush()  # the events of the epochs the checkpoint completes are on disk before it
+                    torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
+                        "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
+                    })
+                except NotWritable as e:  # a full disk: the last complete checkpoint stays, and the run resumes from it
+                    resumes = f"after epoch {written_epoch}, its last complete checkpoint" if written_epoch else "from the start"
+                    raise NotWritable(e.errno, f"{e} (Run {run_dir.name} then resumes {resumes}.)") from None
+                last_written, written_epoch = _clock(), epoch
+            if progress == "epochs":
+                print(f"kl_weight={cfg.kl_weight:g} epoch {epoch}/{cfg.epochs}: objective {row['train_objective']:.1f}, "
+                      f"validation -ELBO {row['val_neg_elbo']:.1f} nats ({row['seconds']:.1f} s)", flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+    finally:
+        if board is not None:
+            board.close()
+        bar.close()
