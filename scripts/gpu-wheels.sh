@@ -13,7 +13,7 @@ done
 rm -rf .whl
 python3 -m pip download -q --only-binary=:all: --python-version "$version" --implementation cp "${platforms[@]}" \
 	-d .whl papermill nbconvert ipykernel latex2mathml
-# Already on the GPU machines (their image's package list): left out to keep the set small.
+# Already on the GPU machines (their image's package list, tensorboard included): left out to keep the set small.
 for name in attrs certifi charset_normalizer click idna jinja2 markupsafe packaging psutil pygments python_dateutil \
 	pyyaml requests tqdm typing_extensions urllib3; do
 	rm -f .whl/"$name"-*.whl

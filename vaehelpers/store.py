@@ -137,15 +137,17 @@ def build_model(cfg: RunConfig) -> ConvVAE:
 def run_bytes(cfg: RunConfig, n_images: int) -> int:
     """About what a finished run's folder takes on disk (an upper estimate), with room for the temporary copy of
     its largest file while that is replaced: weights and Adam's two moments (fp32), the snapshots (uint8 images),
-    the history, config.json with its validation indices, and measurements.json."""
+    TensorBoard's events (the same images as PNG, at most their raw size, and the scalars), the history,
+    config.json with its validation indices, and measurements.json."""
     parameters = sum(p.numel() for p in ConvVAE(cfg.latent_dim, cfg.image_size, cfg.base_channels).parameters())
     image = 3 * cfg.image_size**2
     checkpoint = 3 * 4 * parameters + 64 * 1024  # + random-number states and the zip container's records
     snapshot_epochs = len(cfg.snapshot_epochs or [])
-    snapshots = (cfg.panel_size * image * (1 + snapshot_epochs) + cfg.prior_samples * (4 * cfg.latent_dim + image
-                 * snapshot_epochs) + 2048 * (3 + 2 * snapshot_epochs))
+    shot_images = (cfg.panel_size + cfg.prior_samples) * image * snapshot_epochs
+    snapshots = cfg.panel_size * image + cfg.prior_samples * 4 * cfg.latent_dim + shot_images + 2048 * (3 + 2 * snapshot_epochs)
+    events = cfg.panel_size * image * snapshot_epochs + shot_images + 2000 * cfg.epochs + 16 * 1024
     small_files = 400 * cfg.epochs + 8 * n_images * cfg.val_fraction + 64 * 1024
-    return int(checkpoint + snapshots + small_files + max(checkpoint, snapshots))
+    return int(checkpoint + snapshots + events + small_files + max(checkpoint, snapshots))
 
 
 @dataclass
