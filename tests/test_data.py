@@ -290,6 +290,7 @@ def test_gif_tiff_16_bit_and_palette_images_load_like_any_other(tmp_path):
     (line,) = [str(w.message) for w in notes]
     assert "1 animated: first frame used (e-animated.gif)" in line and "1 alpha composited on white (h-palette.png)" in line
     assert line.startswith(f"Converted 3 of 8 images in {folder}:") and "8 bits (g-grey16.png)" in line
+    assert loaded.converted == {decode.FIRST_FRAME: 1, decode.ALPHA: 1, decode.GREY: 1, decode.DEEP: 1}
     with pytest.warns(decode.Converted, match="1 animated: first frame used"):  # a cached load says it too
         load_images(folder, 16)
 
@@ -306,6 +307,7 @@ def test_arrays_are_converted_like_files_and_say_so(tmp_path, array, note):
     np.save(tmp_path / "faces.npy", array)
     with pytest.warns(decode.Converted, match=rf"Converted all 5 images of .*faces.npy: {note}\.$"):
         loaded = load_images(tmp_path / "faces.npy", 16)
+    assert loaded.converted == {note: 5}
     expected = 255 if note.startswith("alpha") else 77  # fully transparent: white
     assert loaded.images.shape == (5, 3, 16, 16) and (loaded.images.int() - expected).abs().max() <= 1
 

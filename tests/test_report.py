@@ -106,6 +106,10 @@ def test_q1_text_from_the_run_record():
     run.config.data = "/data/faces"
     run.info["data"].update(skipped=3, source="/data/faces")
     assert "3 entries were skipped" in preprocessing_markdown(run) and "resized to 32×32" in preprocessing_markdown(run)
+    assert " Of them" not in preprocessing_markdown(run)  # a run recorded before conversions were
+    run.info["data"]["converted"] = {"turned upright by their EXIF orientation": 2, "alpha composited on white": 1}
+    assert ("antialiasing. Of them, 2 turned upright by their EXIF orientation, 1 alpha composited on white. Pixel "
+            "values") in preprocessing_markdown(run)
     assert f"Total: {sum(p.numel() for p in model.parameters()):,} parameters." in architecture_markdown(run)
     settings = hyperparameters_markdown(run)
     assert "| precision of training | bf16 autocast (weights, optimiser, losses and validation in fp32) |" in settings

@@ -25,7 +25,7 @@ import torch
 
 from . import faces
 from .cache import cache_key, default_cache_dir, read_entry, write_entry
-from .decode import FORMATS, Converted, decode_array, user_stacklevel
+from .decode import CONVERSIONS, FORMATS, Converted, decode_array, user_stacklevel
 from .files import NotWritable, ensure_writable, locked
 from .folders import folder_files, load_folder, warn_converted, warn_skipped
 
@@ -42,7 +42,8 @@ class ImageSet:
 
     ``images`` is uint8, N×3×S×S, values 0..255. ``factors`` holds the ground-truth
     generative factors (one float32 array of length N each) for the built-in face set,
-    and is empty for other sources. ``skipped`` counts files that could not be used.
+    and is empty for other sources. ``skipped`` counts files that could not be used; ``converted``
+    counts the images each conversion of :data:`~vaehelpers.decode.CONVERSIONS` changed.
     ``key`` identifies the source's files and the preprocessing (the cache key).
     """
 
@@ -51,6 +52,7 @@ class ImageSet:
     key: str
     skipped: int = 0
     factors: dict[str, np.ndarray] = field(default_factory=dict)
+    converted: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -119,7 +121,7 @@ def load_images(
             if cached is not None:
                 images, factors, meta = cached
                 _say(meta, name)  # a cached load says what it left out and converted, too
-                return ImageSet(images, name, key, len(meta["skipped_entries"]), factors)
+                return ImageSet(images, name, key, len(meta["skipped_entries"]), factors, _counts(meta, len(images)))
             data, meta = _build(description, name, key, image_size, seed, None if n_builtin else path)
             write_entry(cache, key, data.images, data.factors, meta)
     except NotWritable as e:  # the cache only saves time: go on without it
@@ -157,7 +159,13 @@ def _build(description: dict, name: str, key: str, image_size: int, seed: int,
         converted = [["", note] for note in notes]
     meta = {"source": name, "entries": len(images) + len(skipped), "skipped_entries": skipped, "converted": converted}
     _say(meta, name)
-    return ImageSet(images, name, key, len(skipped), factors), meta
+    return ImageSet(images, name, key, len(skipped), factors, _counts(meta, len(images))), meta
+
+
+def _counts(meta: dict, count: int) -> dict[str, int]:
+    """How many images each conversion changed (an array's conversions change all of them)."""
+    notes = [note for _, note in meta["converted"]]
+    return {note: count if meta["converted"][0][0] == "" else notes.count(note) for note in CONVERSIONS if note in notes}
 
 
 def _read_array(path: Path) -> np.ndarray:

@@ -38,9 +38,14 @@ def preprocessing_markdown(run: Run) -> str:
     else:
         skipped = (f"; {data['skipped']} entries were skipped: unreadable, corrupt, not images, over 50 megapixels "
                    "or under 8 pixels on a side" if data["skipped"] else "")
+        converted = data.get("converted") or {}  # recorded since the loader says what it converted
+        done = (" Of them, " + ", ".join(f"{n:,} {note}" for note, n in converted.items()) + "."
+                if converted else "")
         origin = (f"The images come from `{data['source']}` ({data['images']:,} images{skipped}). Each image was "
-                  "converted to RGB (transparent pixels composited on white, grey expanded to three channels), "
-                  f"centre-cropped to the largest square and resized to {size}×{size} with antialiasing.")
+                  "turned upright by its EXIF orientation, taken by its first frame if animated, converted to RGB "
+                  "(transparent pixels composited on white, grey expanded to three channels, 16-bit values scaled to "
+                  f"8 bits), centre-cropped to the largest square and resized to {size}×{size} with antialiasing."
+                  f"{done}")
     return (f"{origin} Pixel values were scaled from 0–255 to [0, 1]; the decoder's sigmoid output lies in the "
             f"same range. A seeded random {split['val_fraction']:.0%} of the images ({split['val']:,}) is held out "
             f"for validation; the model trains on the other {split['train']:,}. The whole set is kept in memory "

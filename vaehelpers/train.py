@@ -292,7 +292,8 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     else:
         info = {
             "config": asdict(cfg),
-            "data": {"source": data.source, "key": data.key, "images": len(data), "skipped": data.skipped},
+            "data": {"source": data.source, "key": data.key, "images": len(data), "skipped": data.skipped,
+                     "converted": data.converted},
             "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "train": len(train_idx),
                       "val": len(val_idx), "val_indices": val_idx.tolist()},
             "model": model.hparams(),
