@@ -124,7 +124,8 @@ def test_two_processes_on_one_runs_folder_train_the_run_once(tmp_path):
     assert epochs_trained == 8  # one trained all eight epochs, the other reused its run
     names = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(names) == 1 and next(iter(names)).startswith("finished True")
-    assert len(list((tmp_path / "runs").iterdir())) == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one process wrote the run's TensorBoard events
     assert not list((tmp_path / "runs").rglob("*.tmp")) and not list((tmp_path / "cache").glob("*.tmp"))
 
 
