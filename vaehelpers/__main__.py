@@ -1,9 +1,11 @@
-"""Command line: ``python -m vaehelpers report [--data PATH] [--epochs N] ...`` and ``... bench``.
+"""Command line: ``python -m vaehelpers report [--data PATH] [--epochs N] ...``, ``... board``, ``... bench``
+and ``... summary``.
 
 ``report`` runs notebooks/run.ipynb once per KL weight (training, or reusing finished
 runs), executes notebooks/report.ipynb and exports ``<out>/report.html`` and
 ``<out>/report.pdf``. With no ``--data`` it uses the built-in face set with a budget sized
 for a 2-core CPU (``QUICK``); with ``--data``, the assignment's settings (``ASSIGNMENT``).
+``board`` starts TensorBoard on the runs folder (``make board``).
 """
 
 from __future__ import annotations
