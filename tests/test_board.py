@@ -41,7 +41,8 @@ def test_recorded_steps_are_evenly_spaced_and_end_the_epoch():
 def test_a_run_writes_its_curves_images_and_settings_while_it_trains(tmp_path):
     seen = []
     run = fit(runs_dir=tmp_path, progress=False, checkpoint_every=0,
-              on_epoch_end=lambda epoch, row: seen.append(len(_curve(_events(run_dir()), "val/neg_elbo"))), **TINY)
+              on_epoch_end=lambda epoch, row: seen.append(len(_curve(_events(_run_dir(tmp_path)), "val/neg_elbo"))),
+              **TINY)
 
     assert seen == [1, 2, 3, 4]  # on disk after each epoch, not only at the end
     events = _events(run.dir)
@@ -61,13 +62,10 @@ def test_a_run_writes_its_curves_images_and_settings_while_it_trains(tmp_path):
     assert _curve(events, "measure/psnr_db") == [(24, pytest.approx(measured["psnr_db"], rel=1e-6))]
 
 
-def run_dir():
-    return next(p for p in run_dir.root.iterdir() if p.is_dir())
-
-
-@pytest.fixture(autouse=True)
-def _root(tmp_path):
-    run_dir.root = tmp_path
+def _run_dir(runs):
+    """The one run folder under ``runs`` (beside the tests' data cache)."""
+    (folder,) = [p for p in runs.iterdir() if (p / "config.json").exists()]
+    return folder
 
 
 def test_a_resumed_run_has_one_point_per_epoch(tmp_path, monkeypatch):
@@ -80,7 +78,7 @@ def test_a_resumed_run_has_one_point_per_epoch(tmp_path, monkeypatch):
 
     with pytest.raises(KeyboardInterrupt):
         fit(runs_dir=tmp_path, progress=False, on_epoch_end=interrupt, checkpoint_every=15, **TINY)
-    assert [s for s, _ in _curve(_events(run_dir()), "val/neg_elbo")] == [6, 12, 18]  # epoch 3 not checkpointed
+    assert [s for s, _ in _curve(_events(_run_dir(tmp_path)), "val/neg_elbo")] == [6, 12, 18]  # epoch 3 not checkpointed
     monkeypatch.undo()
     resumed = fit(runs_dir=tmp_path, progress=False, **TINY)
     assert resumed.history["epoch"] == [1, 2, 3, 4]
@@ -103,7 +101,7 @@ def test_kill_9_during_training_leaves_events_that_load_and_a_clean_resume(tmp_p
             break
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
-    _events(run_dir())  # loads
+    _events(_run_dir(tmp_path))  # loads
     resumed = fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=8))
     steps, values = zip(*_curve(_events(resumed.dir), "val/neg_elbo"))
     assert steps == tuple(STEPS * e for e in range(1, 9))

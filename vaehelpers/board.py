@@ -24,7 +24,6 @@ time they are shown (:func:`write_missing`).
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -63,14 +62,12 @@ def has_events(run_dir: Path) -> bool:
 
 
 class Board:
-    """The event writer of the one process that trains a run (it holds the run's lock). ``seconds`` counts the
-    time spent writing, to measure its cost."""
+    """The event writer of the one process that trains a run (it holds the run's lock)."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, steps: int, history: dict[str, list[float]],
                  snapshots: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        started, self.seconds = time.perf_counter(), 0.0
         self.steps, self.cfg = steps, cfg
         done = len(history.get("epoch", []))
         fresh = done == 0 or not has_events(run_dir)
@@ -83,7 +80,6 @@ class Board:
                 self.epoch({c: values[i] for c, values in history.items()})
             for epoch, shot in sorted(snapshots.get("epochs", {}).items()):
                 self.snapshot(epoch, snapshots["panel"], shot["recon"], shot["samples"])
-        self.seconds = time.perf_counter() - started  # the whole of it, the parts above included
 
     def _hparams(self) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -96,34 +92,26 @@ class Board:
 
     def step_objectives(self, epoch: int, values: list[float]) -> None:
         """The recorded mini-batch objectives of ``epoch`` (:func:`recorded_steps`)."""
-        started = time.perf_counter()
         first = (epoch - 1) * self.steps
         for step, value in zip(recorded_steps(self.steps), values):
             self.writer.add_scalar("train_steps/objective", value, first + step + 1)
-        self.seconds += time.perf_counter() - started
 
     def epoch(self, row: dict[str, float]) -> None:
         """One row of the history: the epoch's training and validation terms."""
-        started = time.perf_counter()
         step = int(row["epoch"]) * self.steps
         for split in SPLITS:
             for term in TERMS:
                 self.writer.add_scalar(f"{split}/{term}", row[f"{split}_{term}"], step)
-        self.seconds += time.perf_counter() - started
 
     def snapshot(self, epoch: int, panel: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor) -> None:
         """The reconstruction panel (uint8 images above their reconstructions) and the prior samples."""
-        started = time.perf_counter()
         step = epoch * self.steps
         self.writer.add_image("snapshots/reconstructions", make_grid(torch.cat([panel, recon]), nrow=len(panel)), step)
         self.writer.add_image("snapshots/prior_samples", make_grid(samples, nrow=8), step)
-        self.seconds += time.perf_counter() - started
 
     def flush(self) -> None:
         """Write what is buffered; called with the run's other files, before its checkpoint."""
-        started = time.perf_counter()
         self.writer.flush()
-        self.seconds += time.perf_counter() - started
 
     def close(self) -> None:
         self.writer.close()

@@ -88,10 +88,10 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
             continue
         print(f"== run {i} of {len(jobs)}, {what}: notebooks/run.ipynb -> {out / name}", flush=True)
         execute_notebook(notebooks / "run.ipynb", out / name, log_output=True, progress_bar=False,
-                                   parameters=parameters)
+                         parameters=parameters)
     print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
     execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
-                               parameters=dict(common, kl_weights=weights, sigma_vae=sigma_vae))
+                     parameters=dict(common, kl_weights=weights, sigma_vae=sigma_vae))
     html = export_html(out / "report.ipynb", out / "report.html")
     pdf = export_pdf(out / "report.ipynb", out / "report.pdf")
     return {"html": html, "pdf": pdf, "notebook": out / "report.ipynb"}

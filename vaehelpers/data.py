@@ -115,7 +115,7 @@ def load_images(
     key = cache_key(description)
     data = None
     try:
-        ensure_writable(cache, 0, f"the data cache of {name}")
+        ensure_writable(cache, f"the data cache of {name}")
         with locked(cache / f"{key}.lock", f"the data cache entry of {name}"):  # one process builds it, others reuse it
             cached = read_entry(cache, key)
             if cached is not None:

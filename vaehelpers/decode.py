@@ -91,12 +91,13 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
-def _channel_notes(array: np.ndarray, channels_last: bool = True) -> list[str]:
-    """GREY and ALPHA where they apply to images of 1 to 4 channels (alpha only where some pixel is not opaque)."""
-    channels = array.shape[-1] if channels_last else array.shape[1]
+def _channel_notes(array: np.ndarray) -> list[str]:
+    """GREY and ALPHA where they apply to channels-last images of 1 to 4 channels (alpha only where some pixel is
+    not opaque)."""
+    channels = array.shape[-1]
     notes = [GREY] if channels in (1, 2) else []
     if channels in (2, 4):
-        alpha = array[..., -1] if channels_last else array[:, -1]
+        alpha = array[..., -1]
         opaque = np.iinfo(array.dtype).max if array.dtype.kind == "u" else 1.0
         if (alpha < opaque).any():
             notes.append(ALPHA)
@@ -136,8 +137,6 @@ def decode_file(path: Path) -> tuple[torch.Tensor, list[str]]:
                         grey = im.mode == "1"
                         im = im.convert(("LA" if grey else "RGBA") if im.has_transparency_data else ("L" if grey else "RGB"))
                     array = np.asarray(im)
-                    array = array.reshape(array.shape[0], array.shape[1], -1)
-                    notes += _channel_notes(array)
     except Skip:
         raise
     except Image.DecompressionBombError as e:
@@ -148,7 +147,9 @@ def decode_file(path: Path) -> tuple[torch.Tensor, list[str]]:
         raise Skip("not an image", str(e)) from e
     except Exception as e:  # Pillow raises many kinds of error for bad files
         raise Skip("corrupt", f"cannot decode {path}: {e}") from e
-    array = array.reshape(array.shape[0], array.shape[1], -1)
+    array = array.reshape(array.shape[0], array.shape[1], -1)  # H×W×C, grey included
+    if DEEP not in notes:
+        notes += _channel_notes(array)
     return torch.from_numpy(array.copy()).permute(2, 0, 1), [n for n in CONVERSIONS if n in notes]
 
 

@@ -31,9 +31,6 @@ class NotWritable(OSError):
     """A folder that cannot take a file: its disk is full, or it is read-only. Its message is one sentence
     naming the folder, the space needed and free, and what to do; IPython shows only that."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(code, message)
-
     def __str__(self) -> str:
         return str(self.strerror)
 
@@ -72,9 +69,9 @@ def explain(error: OSError, folder: Path, need: int, what: str) -> OSError:
                                     "writable or choose another folder, then run the same command again.")
 
 
-def ensure_writable(folder: Path, need: int = 0, what: str = "its files") -> None:
-    """Make ``folder`` (and its parents) and check, by writing a file there, that it takes files, and that its
-    filesystem has ``need`` bytes free; else :class:`NotWritable` in one sentence."""
+def ensure_writable(folder: Path, what: str) -> None:
+    """Make ``folder`` (and its parents) and check, by writing a file there, that it takes files; else
+    :class:`NotWritable` in one sentence naming ``what`` was to be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
@@ -82,9 +79,7 @@ def ensure_writable(folder: Path, need: int = 0, what: str = "its files") -> Non
         os.unlink(probe)
     except OSError as e:
         existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
-        raise explain(e, existing, need, what) from None
-    if free_bytes(folder) < need:
-        raise no_room(folder, need, what)
+        raise explain(e, existing, 0, what) from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -118,8 +118,8 @@ def check_space(configs: list[RunConfig], device: str, runs_dir: Path, out_dir: 
                                            .run_name(data.key) / "checkpoint.pt").exists()]
     runs_need = sum(run_bytes(cfg, len(data)) for cfg in todo)
     runs_what = f"the {len(todo)} run{'s' if len(todo) != 1 else ''} still to train"
-    ensure_writable(runs_dir, 0, runs_what)
-    ensure_writable(out_dir, 0, "the report")
+    ensure_writable(runs_dir, runs_what)
+    ensure_writable(out_dir, "the report")
     if runs_dir.stat().st_dev == out_dir.stat().st_dev:
         checks = [(runs_dir, runs_need + report_bytes, f"{runs_what} and the report")]
     else:

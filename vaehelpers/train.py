@@ -253,7 +253,7 @@ def fit(
     data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
     check_split(data, cfg)
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
-    ensure_writable(run_dir, 0, "the run's files")  # a read-only runs folder is said in one sentence
+    ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
     with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
