@@ -9,6 +9,7 @@ KL_WEIGHTS ?= 1,100,0,0.1,10
 DEVICE ?= auto
 
 BROWSER_PACKAGES := chromium chromium-driver
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge slurmdbd mariadb-server
 LATEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core poppler-utils
 
 # The exact versions of every package (Linux x86-64, CPython 3.11), from pyproject.toml by pip-compile.
@@ -19,7 +20,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # `make lock` passes it on, so that the lock holds what this machine's pip installs.
 PIP_CONSTRAINT_FILE = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$$/\1/p" | head -1)
 
-.PHONY: report test lab board venv lock latex browser clean
+.PHONY: report test lab board venv lock latex browser slurm clean
 
 venv: $(VENV)/.installed
 
@@ -41,13 +42,13 @@ lock:
 		$(addprefix --extra ,$(EXTRAS)) $(if $(UPGRADE),--upgrade) \
 		$(if $(PIP_CONSTRAINT_FILE),--constraint $(PIP_CONSTRAINT_FILE)) --output-file $(LOCK) pyproject.toml
 
-# $(call apt,what,packages,test that they are there,what happens without them): Debian packages installed
-# with apt where we are root and they are missing, else one line says what to install.
+# $(call apt,what,packages,test that they are there,what happens without them[,apt-get install options]): Debian
+# packages installed with apt where we are root and they are missing, else one line says what to install.
 define apt
 	@if $(3); then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "Installing $(1) (a few minutes, once): $(2)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(5) $(2) >/dev/null; \
 	else echo "$(1): install $(2); $(4)."; fi
 endef
 
@@ -58,6 +59,13 @@ latex:
 # Chromium and its WebDriver for the browser tests (tests/test_browser.py).
 browser:
 	$(call apt,Chromium for the browser tests,$(BROWSER_PACKAGES),command -v chromium >/dev/null && command -v chromedriver >/dev/null,without it those tests are skipped with that reason)
+
+# A single-node Slurm cluster on this machine (as root) for the tests of --executor slurm: Debian's Slurm, with
+# job accounting (slurmdbd on MariaDB), which submitit needs to see a cancelled task end; scripts/slurm.sh starts it.
+slurm:
+	$(call apt,Slurm for the cluster tests,$(SLURM_PACKAGES),test -x /usr/sbin/slurmctld && test -x /usr/sbin/slurmdbd && test -x /usr/sbin/mariadbd && command -v sbatch >/dev/null,without it those tests are skipped with that reason,--no-install-recommends)
+	@if [ "$$(id -u)" = 0 ] && test -x /usr/sbin/slurmctld; then scripts/slurm.sh start; \
+	else echo "Slurm not started (it needs root and the packages above): the cluster tests are skipped with that reason."; fi
 
 report: $(VENV)/.installed
 	-@$(MAKE) --no-print-directory latex

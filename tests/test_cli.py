@@ -95,7 +95,8 @@ def test_a_diverging_report_fails_with_one_sentence_and_no_finished_run(tmp_path
     runs = tmp_path / "runs"
     assert main(["report", *TINY, "--lr", "1e6", "--runs-dir", str(runs), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: Training KL weight 1 (likelihood fixed, lr 1e+06) diverged at epoch 1, step ")
+    assert err.startswith("error: 6 of 6 runs failed: KL weight 1, latent size 4, seed 0: TrainingDiverged: Training KL "
+                          "weight 1 (likelihood fixed, lr 1e+06) diverged at epoch 1, step ")
     assert "try a lower learning rate (e.g. lr 100000)" in err
     assert not list(runs.glob("*/checkpoint.pt"))  # nothing marked finished, nothing to reuse
     assert not (tmp_path / "out" / "report.html").exists()

@@ -8,16 +8,17 @@ and :mod:`vaehelpers.text`.
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 from pathlib import Path
 
 from .data import parse_builtin
 from .files import write_atomic
-from .params import PROJECT, REPORT_WEIGHTS, ParameterError, check_report, check_space
-
-NOTEBOOKS = PROJECT / "notebooks"
+from .params import REPORT_WEIGHTS, ParameterError, check_report, check_space
+from .store import RunConfig
+from .sweep import (NOTEBOOKS, Executor, SlurmOptions, Sweep, SweepFailed, Task, estimate_seconds, execute_notebook,
+                    local_workers, run_local, run_slurm, show_notebook_output, up_to_date)
+from .train import resolve_device, resolve_precision, training_rate
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -27,43 +28,22 @@ REPORT_BYTES = 30_000_000
 report writes (measured on the tests' tiny report: 0.41-0.42 MB a run notebook, 6.7 MB the three report files),
 as figures vary with the data."""
 
-LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
-"""The notebooks' kernels talk to papermill over Unix sockets in Jupyter's private runtime folder, not over TCP
-ports: on one machine there is no network to encrypt, and ipykernel's warning that a TCP kernel runs without
-encryption does not apply (``make lab`` starts JupyterLab's kernels the same way)."""
-
-
-def execute_notebook(source: Path, out: Path, **kwargs):
-    """``papermill.execute_notebook`` with a local (IPC) kernel."""
-    import papermill
-    from traitlets.config import Config
-
-    return papermill.execute_notebook(source, out, config=Config(LOCAL_KERNEL), **kwargs)
-
-
-_PAPERMILL_CHATTER = re.compile(r"^(Executing|Ending) Cell|^<Figure size|^(Input|Output) Notebook|^Executing notebook")
-
-
-def _show_notebook_output() -> None:
-    """Let papermill stream what the notebooks print (epochs and losses), without its own chatter."""
-    logger = logging.getLogger("papermill")
-    if not any(getattr(h, "_vaehelpers", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(lambda record: not _PAPERMILL_CHATTER.search(record.getMessage().strip()))
-        handler._vaehelpers = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.INFO)
-
 
 def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs", device: str = "auto",
                  kl_weights: tuple[float, ...] = REPORT_WEIGHTS, sigma_vae: bool = True, notebooks: Path = NOTEBOOKS,
-                 **settings) -> dict[str, Path | None]:
-    """Run ``run.ipynb`` per KL weight (and once as a σ-VAE), execute ``report.ipynb``, export HTML and PDF.
+                 seeds: tuple[int, ...] | None = None, latent_dims: tuple[int, ...] | None = None,
+                 extra_seeds: tuple[int, ...] = (), executor: Executor = "local", workers: int | None = None,
+                 threads: int | None = None, slurm: SlurmOptions | None = None, checkpoint_every: float | None = None,
+                 **settings) -> dict[str, Path | None] | None:
+    """Train the sweep's runs (``run.ipynb`` once per run, ``executor`` choosing where), execute
+    ``report.ipynb``, export HTML and PDF.
 
-    ``settings`` are :class:`RunConfig` fields shared by every run (data, epochs, lr, ...).
-    Returns the paths written; ``pdf`` is None where LaTeX is missing.
+    ``settings`` are :class:`RunConfig` fields shared by every run (data, epochs, lr, ...); ``seeds`` and
+    ``latent_dims`` default to ``settings``' seed and latent_dim. ``workers`` and ``threads``: the local
+    executor's (default: from the cores and the model's size, :func:`~vaehelpers.sweep.local_workers`).
+    ``checkpoint_every``: seconds between two writes of a run's files (default 30).
+    Returns the paths written (``pdf`` None where LaTeX is missing), or None where Slurm tasks were submitted
+    without waiting. Raises :class:`~vaehelpers.sweep.SweepFailed` naming the runs that failed.
     """
     out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
     try:
@@ -71,48 +51,85 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
             settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
     except ValueError as e:
         raise ParameterError(str(e)) from None
-    configs = list(check_report(list(kl_weights), device, **settings).values())  # everything, before any training
-    if sigma_vae:
-        configs += check_report([1.0], device, likelihood="sigma-vae", **settings).values()
+    sweep = Sweep(tuple(float(w) for w in kl_weights), tuple(seeds or (settings.get("seed", 0),)),
+                  tuple(latent_dims or (settings.get("latent_dim", 20),)), sigma_vae, tuple(extra_seeds))
+    settings = {k: v for k, v in settings.items() if k not in ("seed", "latent_dim")}
+    configs = []  # everything checked before any training
+    for d in sweep.latent_dims:
+        for s in sweep.weight1_seeds():
+            if s in sweep.seeds:
+                configs += check_report(list(sweep.kl_weights), device, seed=s, latent_dim=d, **settings).values()
+            else:
+                configs += check_report([1.0], device, seed=s, latent_dim=d, require=False, **settings).values()
+            if sweep.sigma_vae and s in sweep.seeds:
+                configs += check_report([1.0], device, likelihood="sigma-vae", seed=s, latent_dim=d, **settings).values()
     check_space(configs, device, runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
-    _show_notebook_output()
     common = dict(settings, device=device, runs_dir=str(runs_path))
-    weights = [float(w) for w in kl_weights]
-    jobs = [(w, "fixed", f"run-kl{w:g}.ipynb") for w in weights]
-    jobs += [(1.0, "sigma-vae", "run-kl1-sigma-vae.ipynb")] if sigma_vae else []
-    for i, (w, likelihood, name) in enumerate(jobs, 1):
-        what = f"KL weight {w:g}" + (", σ-VAE" if likelihood == "sigma-vae" else "")
-        parameters = dict(common, kl_weight=w, likelihood=likelihood)
-        if _up_to_date(out / name, notebooks / "run.ipynb", parameters):
-            print(f"== run {i} of {len(jobs)}, {what}: {out / name} is up to date", flush=True)
-            continue
-        print(f"== run {i} of {len(jobs)}, {what}: notebooks/run.ipynb -> {out / name}", flush=True)
-        execute_notebook(notebooks / "run.ipynb", out / name, log_output=True, progress_bar=False,
-                         parameters=parameters)
+    common.update({} if checkpoint_every is None else {"checkpoint_every": float(checkpoint_every)})
+    tasks = [Task(spec, out / sweep.notebook_name(spec),
+                  dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
+                       latent_dim=spec.latent_dim), notebooks / "run.ipynb") for spec in sweep.runs()]
+    todo = [t for t in tasks if not up_to_date(t.out, t.source, t.parameters)]
+    for t in tasks:
+        if t not in todo:
+            print(f"== {t.spec.label}: {t.out} is up to date", flush=True)
+    show_notebook_output()
+    if executor == "local":
+        auto_workers, auto_threads = local_workers(len(todo), configs[0].base_channels, configs[0].image_size, device)
+        workers = min(workers or auto_workers, max(1, len(todo)))
+        threads = threads or (auto_threads if workers > 1 else 0)
+    print(plan(sweep, tasks, todo, configs[0], executor, workers or 1, threads or 0, device), flush=True)
+    if todo:
+        if executor == "slurm":
+            failures, ended = run_slurm(todo, runs_path, slurm or SlurmOptions())
+            if not ended:
+                return None
+        else:
+            failures = run_local(todo, workers or 1, threads or 0)
+        if failures:
+            others = ", the others finished" if len(failures) < len(todo) else ""
+            raise SweepFailed(f"{len(failures)} of {len(todo)} runs failed{others}: " + "; ".join(failures))
     print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
     execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
-                     parameters=dict(common, kl_weights=weights, sigma_vae=sigma_vae))
+                     parameters=dict(common, kl_weights=list(sweep.kl_weights), sigma_vae=sigma_vae,
+                                     seeds=list(sweep.seeds), latent_dims=list(sweep.latent_dims),
+                                     extra_seeds=list(sweep.extra_seeds)))
     html = export_html(out / "report.ipynb", out / "report.html")
     pdf = export_pdf(out / "report.ipynb", out / "report.pdf")
     return {"html": html, "pdf": pdf, "notebook": out / "report.ipynb"}
 
 
-def _up_to_date(executed: Path, source: Path, parameters: dict) -> bool:
-    """Whether ``executed`` ran the current ``source`` with these parameters, without error, to a finished run.
+def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, executor: Executor, workers: int,
+         threads: int, device: str) -> str:
+    """What a sweep will do, before it does it: its runs, how many are finished, and how long the others take
+    at a training rate measured here in a few steps."""
+    text = (f"== plan: {len(tasks)} runs ({sweep.describe()}); {len(tasks) - len(todo)} finished, "
+            f"{len(todo)} to train")
+    if not todo:
+        return text + "."
+    import torch
 
-    Such a notebook would only reload its finished run and redraw the same figures.
-    """
-    import nbformat
+    from .data import load_images
 
-    if not executed.exists() or executed.stat().st_mtime < source.stat().st_mtime:
-        return False
-    nb = nbformat.read(executed, as_version=4)
-    papermill_info = nb.metadata.get("papermill", {})
-    if papermill_info.get("parameters") != parameters or papermill_info.get("exception"):
-        return False
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    folder = re.search(r"^run folder: (.+)$", printed, re.M)  # the run it drew must still be there
-    return folder is not None and (Path(folder.group(1)) / "checkpoint.pt").exists()
+    dev = resolve_device(device)
+    precision = resolve_precision(cfg.precision, dev)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        rate = training_rate(dev, cfg.base_channels, precision, min(cfg.batch_size, 100), steps=3, warmup=1,
+                             image_size=cfg.image_size, latent_dim=cfg.latent_dim)
+    finally:
+        torch.set_num_threads(previous)
+    images = round(len(load_images(cfg.data, cfg.image_size, seed=cfg.seed)) * (1 - cfg.val_fraction))
+    if executor == "slurm":
+        seconds = estimate_seconds(1, cfg.epochs, images, rate, 1)
+        return (text + f" in Slurm; {precision} training measured {rate:,.0f} images/s on this machine's {dev}, so "
+                f"about {seconds / 60:.0f} min per task at its speed (the nodes' may differ).")
+    where = (f"{workers} at a time with {threads} thread{'s' if threads > 1 else ''} each" if workers > 1
+             else "one at a time")
+    seconds = estimate_seconds(len(todo), cfg.epochs, images, rate, workers)
+    return (text + f" here, {where}; {precision} training measured {rate:,.0f} images/s per run on {dev}, "
+            f"so about {seconds / 60:.0f} min.")
 
 
 def _to_mathml(markdown: str) -> str:

@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from .measure import mean_sd
 from .model import ConvVAE
 from .objective import bits_per_dim, decoder_variance
 from .store import Run, Setting, key_epochs
@@ -200,25 +201,56 @@ def traversals(run: Run, measurements: dict[Setting, dict], n_dims: int = 4, ima
     return fig
 
 
-def rate_distortion(measurements: dict[Setting, dict], marked: tuple[float, ...] = (1.0, 100.0, 0.0)) -> Figure:
-    """Distortion against rate for every run; the assignment's weights marked."""
+def rate_distortion(measurements: dict[Setting, dict], by_seed: dict[Setting, list[dict]] | None = None,
+                    marked: tuple[float, ...] = (1.0, 100.0, 0.0)) -> Figure:
+    """Distortion against rate for every setting; the assignment's weights marked. Where ``by_seed`` holds several
+    seeds of a setting, its point is their mean with error bars of ± one standard deviation."""
+    seeds = {s: (by_seed or {}).get(s) or [m] for s, m in measurements.items()}
+    points = {s: [mean_sd([m[k] for m in ms])[0] for k in ("rate", "distortion")] for s, ms in seeds.items()}
+    spread = {s: [mean_sd([m[k] for m in ms])[1] for k in ("rate", "distortion")] for s, ms in seeds.items()}
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
     fixed = sorted((s for s in measurements if s.likelihood == "fixed"), key=lambda s: s.kl_weight)
-    ax.plot([measurements[s]["rate"] for s in fixed], [measurements[s]["distortion"] for s in fixed], "-",
-            color="0.6", zorder=1)
-    for i, (setting, m) in enumerate(sorted(measurements.items(), key=lambda item: item[1]["rate"])):
+    ax.plot([points[s][0] for s in fixed], [points[s][1] for s in fixed], "-", color="0.6", zorder=1)
+    for i, (setting, (rate, distortion)) in enumerate(sorted(points.items(), key=lambda item: item[1][0])):
         sigma = setting.likelihood == "sigma-vae"
         is_marked = setting.kl_weight in marked and not sigma
-        ax.scatter(m["rate"], m["distortion"], s=90 if is_marked else 35, zorder=2,
-                   marker="*" if sigma else ("o" if is_marked else "s"),
-                   color="C3" if sigma else ("C0" if is_marked else "0.4"))
-        ax.annotate("σ-VAE" if sigma else f"{setting.kl_weight:g}", (m["rate"], m["distortion"]),
+        color = "C3" if sigma else ("C0" if is_marked else "0.4")
+        if len(seeds[setting]) > 1:
+            ax.errorbar(rate, distortion, xerr=spread[setting][0], yerr=spread[setting][1], color=color,
+                        capsize=3, lw=1, zorder=2)
+        ax.scatter(rate, distortion, s=90 if is_marked else 35, zorder=3,
+                   marker="*" if sigma else ("o" if is_marked else "s"), color=color)
+        n = f" (n = {len(seeds[setting])})" if len(seeds[setting]) > 1 else ""
+        ax.annotate(("σ-VAE" if sigma else f"{setting.kl_weight:g}") + n, (rate, distortion),
                     textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize=9)  # alternate: no overlap
     ax.set_xscale("symlog", linthresh=1)
+    several = any(len(ms) > 1 for ms in seeds.values())
     ax.set(xlabel="rate: KL(q(z|x) ‖ p(z)), nats per image", ylabel="distortion: Σ(x − x̂)² per image",
            title="Rate–distortion (validation), each point labelled with its KL weight;\n"
-                 "large dots: the assignment's weights, star: the σ-VAE (weight 1)")
+                 "large dots: the assignment's weights, star: the σ-VAE (weight 1)"
+                 + ("\nwhere n seeds: their mean, bars ± 1 sd" if several else ""))
+    return fig
+
+
+def compare_latent_sizes(runs: dict[int, Run], by_latent: dict[int, list[dict]], n: int = 8) -> Figure | None:
+    """KL weight 1 at each latent size: the same kind of prior samples (left) and the KL of each latent dimension,
+    sorted, mean over seeds (right). None with a single latent size."""
+    if len(runs) < 2:
+        return None
+    fig = Figure(figsize=(1.1 * n + 4, 1.4 * len(runs) + 0.6), layout="constrained")
+    axes = fig.subplots(len(runs), 2, squeeze=False, gridspec_kw={"width_ratios": [n * 1.1, 4]})
+    for (ax_samples, ax_kl), (d, run) in zip(axes, runs.items()):
+        last = max(run.snapshots["epochs"])
+        _show(ax_samples, run.snapshots["epochs"][last]["samples"][:n], n,
+              f"prior samples, KL weight 1, {d} latent dimensions (seed {run.config.seed})")
+        per_dim = [sorted(m["kl_per_dim"], reverse=True) for m in by_latent[d]]
+        mean = [sum(values) / len(values) for values in zip(*per_dim)]
+        ax_kl.bar(range(1, len(mean) + 1), mean, color="C0")
+        ax_kl.axhline(0.01, color="C3", lw=0.8, ls="--")
+        ax_kl.set_yscale("symlog", linthresh=0.01)
+        ax_kl.set(title="KL per dimension, sorted" + (f" (mean of {len(per_dim)} seeds)" if len(per_dim) > 1 else ""),
+                  xlabel="latent dimension (sorted)", ylabel="nats")
     return fig
 
 

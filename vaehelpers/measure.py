@@ -68,6 +68,13 @@ def aggregate_kl(mu: torch.Tensor, logvar: torch.Tensor) -> float:
     return float(0.5 * (torch.trace(cov) + m @ m - len(m) - torch.logdet(cov)))
 
 
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (n − 1; 0 for one value) of a measurement over seeds."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+
+
 def image_diversity(images: torch.Tensor) -> float:
     """Mean over pixels of the standard deviation across a set of uint8 images, on [0, 1]."""
     return float((images.float() / 255).std(dim=0).mean())

@@ -1,35 +1,30 @@
-"""The report's runs: trained (or reused) for every setting, and measured, in one call for report.ipynb."""
+"""The report's runs: trained (or reused) for every run of its sweep, and measured, in one call for report.ipynb."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .measure import measure_run
-from .objective import Likelihood
-from .params import check_report, project_path
+from .params import check_report, project_path, run_config
 from .store import Run, Setting
+from .sweep import RunSpec, Sweep
 from .train import fit
-
-
-def report_runs(kl_weights: list[float], runs_dir: str = "runs", device: str = "auto", likelihood: Likelihood = "fixed",
-                **settings) -> dict[float, Run]:
-    """The report's runs, one per KL weight (trained only where no finished run exists), after :func:`check_report`."""
-    configs = check_report(kl_weights, device, likelihood, **settings)
-    return {w: fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs") for w, cfg in configs.items()}
-
-
-def measure_runs(runs: list[Run], device: str = "cpu") -> dict[Setting, dict]:
-    """:func:`measure_run` for each run (reused from the run folders where stored), by setting."""
-    return {run.setting: measure_run(run, device=device) for run in runs}
 
 
 @dataclass
 class Report:
-    """What report.ipynb shows: the runs by KL weight, the σ-VAE run (or None), and every measurement."""
+    """What report.ipynb shows. ``runs``, ``sigma_run`` and ``measurements``: the main seed at the main latent
+    size (Q2-Q8's figures). ``by_seed``: every seed's measurements of each setting at the main latent size,
+    the main seed first. ``by_latent`` and ``latent_runs``: KL weight 1 (fixed decoder) at each latent size,
+    every seed's measurements and the main seed's run."""
 
+    sweep: Sweep
     runs: dict[float, Run]
     sigma_run: Run | None
     measurements: dict[Setting, dict]
+    by_seed: dict[Setting, list[dict]]
+    by_latent: dict[int, list[dict]]
+    latent_runs: dict[int, Run]
 
     @property
     def three(self) -> list[Run]:
@@ -38,9 +33,31 @@ class Report:
 
 
 def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str = "runs", device: str = "auto",
+                seeds: list[int] | None = None, latent_dims: list[int] | None = None, extra_seeds: list[int] = (),
                 **settings) -> Report:
-    """Train or reuse every run of the report and measure each."""
-    runs = report_runs(kl_weights, runs_dir, device, **settings)
-    sigma_run = report_runs([1.0], runs_dir, device, likelihood="sigma-vae", **settings)[1.0] if sigma_vae else None
-    ordered = [runs[w] for w in sorted(runs)] + ([sigma_run] if sigma_run else [])
-    return Report(runs, sigma_run, measure_runs(ordered, device))
+    """Train or reuse every run of the sweep (:class:`~vaehelpers.sweep.Sweep`) and measure each.
+    ``seeds`` and ``latent_dims`` default to ``settings``' seed and latent_dim."""
+    sweep = Sweep(tuple(float(w) for w in kl_weights), tuple(seeds or (settings.get("seed", 0),)),
+                  tuple(latent_dims or (settings.get("latent_dim", 20),)), sigma_vae, tuple(extra_seeds))
+    settings = {k: v for k, v in settings.items() if k not in ("seed", "latent_dim")}
+    check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=sweep.latent_dim, **settings)
+    runs: dict[RunSpec, Run] = {}
+    for spec in sweep.runs():
+        cfg = run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
+                         latent_dim=spec.latent_dim, **settings)
+        runs[spec] = fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs")
+    measured = {spec: measure_run(run, device=device) for spec, run in runs.items()}
+
+    main = {spec: run for spec, run in runs.items() if spec.seed == sweep.seed and spec.latent_dim == sweep.latent_dim}
+    by_weight = {spec.kl_weight: run for spec, run in main.items() if spec.likelihood == "fixed"}
+    sigma_run = next((run for spec, run in main.items() if spec.likelihood == "sigma-vae"), None)
+    ordered = sorted(main, key=lambda spec: (spec.likelihood != "fixed", spec.kl_weight))
+    by_seed: dict[Setting, list[dict]] = {}
+    for spec in [*ordered, *(s for s in runs if s.latent_dim == sweep.latent_dim and s not in main)]:
+        by_seed.setdefault(Setting(spec.likelihood, spec.kl_weight), []).append(measured[spec])
+    weight1 = [spec for spec in runs if spec.likelihood == "fixed" and spec.kl_weight == 1.0]
+    by_latent = {d: [measured[s] for s in weight1 if s.latent_dim == d] for d in sweep.latent_dims}
+    latent_runs = {d: runs[next(s for s in weight1 if s.latent_dim == d and s.seed == sweep.seed)]
+                   for d in sweep.latent_dims}
+    return Report(sweep, by_weight, sigma_run, {runs[s].setting: measured[s] for s in ordered}, by_seed, by_latent,
+                  latent_runs)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 
 from .data import parse_builtin
+from .measure import mean_sd
 from .model import layer_table
 from .params import ASSIGNMENT_WEIGHTS
 from .store import Run, Setting
+from .sweep import Sweep
 
 FIXED_1 = Setting("fixed", 1.0)
 SIGMA_1 = Setting("sigma-vae", 1.0)
@@ -81,29 +83,136 @@ def hyperparameters_markdown(run: Run) -> str:
 # ---------------------------------------------------------------- Q8: the discussion, from the runs' numbers
 
 
-def results_table(measurements: dict[Setting, dict]) -> str:
-    """Q8's table: a column per run, every number measured on the validation images."""
+RESULT_ROWS = [
+    ("−ELBO (nats per image)", "neg_elbo", ",.1f"),
+    ("−ELBO (bits per dimension)", "bits_per_dim", ".4f"),
+    ("IWAE bound on −log p(x), k = {k}, {n} images (nats)", "iwae_neg_log_px", ",.1f"),
+    ("rate: KL(q(z|x) ‖ p(z)) (nats)", "rate", ".2f"),
+    ("distortion: Σ(x − x̂)²", "distortion", ".1f"),
+    ("PSNR of reconstructions from μ (dB)", "psnr_db", ".2f"),
+    ("sharpness of reconstructions (real images: 1)", "sharpness_ratio", ".2f"),
+    ("active latent dimensions", "active_units", "d"),
+    ("spread of μ over images (prior: 1)", "code_std", ".2f"),
+    ("mean σ of q(z|x) (prior: 1)", "posterior_std", ".2f"),
+    ("KL of aggregate posterior to prior (nats)", "aggregate_kl", ".1f"),
+    ("MMD², prior samples vs real images (16×16, {mmd} each)", "mmd", ".3f"),
+    ("diversity of prior samples (real images: {diversity:.3f})", "sample_diversity", ".3f"),
+    ("decoder σ at its optimum (√MSE per pixel)", "calibrated_sigma", ".3f"),
+    ("−ELBO with that calibrated σ (nats per image)", "calibrated_neg_elbo", ",.1f"),
+]
+"""Q8's table: a row per measurement (name, key in measurements.json, format)."""
+
+
+def _stat(values: list[float], fmt: str) -> str:
+    """A value, or the mean ± sd of several (whole numbers then with one decimal)."""
+    if len(values) == 1:
+        return f"{values[0]:{fmt}}"
+    fmt = ".1f" if fmt == "d" else fmt
+    mean, sd = mean_sd(values)
+    return f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def _cell(seeds: list[dict], key: str, fmt: str) -> str:
+    """One measurement of one setting: the value, or mean ± sd over its seeds."""
+    suffix = f" of {len(seeds[0]['kl_per_dim'])}" if key == "active_units" else ""
+    return _stat([m[key] for m in seeds], fmt) + suffix
+
+
+def results_table(measurements: dict[Setting, dict], by_seed: dict[Setting, list[dict]] | None = None,
+                  heading: str = "validation set, last epoch") -> str:
+    """Q8's table: a column per setting, every number measured on the validation images; where ``by_seed``
+    holds several seeds of a setting, mean ± standard deviation over them, with n in the column's name."""
     first = next(iter(measurements.values()))
-    k, n = first["options"]["k"], first["iwae_images"]
-    rows = [
-        ("−ELBO (nats per image)", lambda m: f"{m['neg_elbo']:,.1f}"),
-        ("−ELBO (bits per dimension)", lambda m: f"{m['bits_per_dim']:.4f}"),
-        (f"IWAE bound on −log p(x), k = {k}, {n} images (nats)", lambda m: f"{m['iwae_neg_log_px']:,.1f}"),
-        ("rate: KL(q(z|x) ‖ p(z)) (nats)", lambda m: f"{m['rate']:.2f}"),
-        ("distortion: Σ(x − x̂)²", lambda m: f"{m['distortion']:.1f}"),
-        ("PSNR of reconstructions from μ (dB)", lambda m: f"{m['psnr_db']:.2f}"),
-        ("sharpness of reconstructions (real images: 1)", lambda m: f"{m['sharpness_ratio']:.2f}"),
-        ("active latent dimensions", lambda m: f"{m['active_units']} of {len(m['kl_per_dim'])}"),
-        ("spread of μ over images (prior: 1)", lambda m: f"{m['code_std']:.2f}"),
-        ("mean σ of q(z|x) (prior: 1)", lambda m: f"{m['posterior_std']:.2f}"),
-        ("KL of aggregate posterior to prior (nats)", lambda m: f"{m['aggregate_kl']:.1f}"),
-        (f"MMD², prior samples vs real images (16×16, {first['mmd_images']} each)", lambda m: f"{m['mmd']:.3f}"),
-        (f"diversity of prior samples (real images: {first['data_diversity']:.3f})", lambda m: f"{m['sample_diversity']:.3f}"),
-        ("decoder σ at its optimum (√MSE per pixel)", lambda m: f"{m['calibrated_sigma']:.3f}"),
-        ("−ELBO with that calibrated σ (nats per image)", lambda m: f"{m['calibrated_neg_elbo']:,.1f}"),
-    ]
-    return _table(["validation set, last epoch"] + [setting.label for setting in measurements],
-                  [[name] + [cell(m) for m in measurements.values()] for name, cell in rows], first_width=3)
+    seeds = {s: (by_seed or {}).get(s) or [m] for s, m in measurements.items()}
+    names = {"k": first["options"]["k"], "n": first["iwae_images"], "mmd": first["mmd_images"],
+             "diversity": first["data_diversity"]}
+    header = [heading] + [s.label + (f" (mean ± sd, n = {len(seeds[s])} seeds)" if len(seeds[s]) > 1 else "")
+                          for s in measurements]
+    rows = [[name.format(**names)] + [_cell(seeds[s], key, fmt) for s in measurements] for name, key, fmt in RESULT_ROWS]
+    return _table(header, rows, first_width=3)
+
+
+def seeds_markdown(sweep: Sweep, by_seed: dict[Setting, list[dict]]) -> str:
+    """Which run Q2-Q7 show, and how many seeds stand behind Q8's numbers."""
+    counts = {s.label: len(ms) for s, ms in by_seed.items()}
+    several = {label: n for label, n in counts.items() if n > 1}
+    text = (f"Q2–Q7 show the runs with seed {sweep.seed} and {sweep.latent_dim} latent dimensions"
+            + (f" (the sweep also trained latent sizes {', '.join(map(str, sweep.latent_dims[1:]))})"
+               if len(sweep.latent_dims) > 1 else "") + ". ")
+    if not several:
+        return text + ("Every number comes from that one seed, so this report cannot say how much of a difference "
+                       "another seed would change; `--seeds 0,1,2` trains each setting three times.")
+    return text + ("Q8 gives each number as mean ± standard deviation over the seeds of each setting (" +
+                   ", ".join(f"{label}: {n} seeds" for label, n in several.items()) + "; the others one), and says "
+                   "which of the differences the discussion relies on exceed that spread.")
+
+
+SPREAD_CHECKS = [
+    ("KL (rate)", "rate", 100.0, 1.0),
+    ("distortion", "distortion", 100.0, 1.0),
+    ("sharpness of reconstructions", "sharpness_ratio", 100.0, 1.0),
+    ("diversity of prior samples", "sample_diversity", 100.0, 1.0),
+    ("distortion", "distortion", 0.0, 1.0),
+    ("KL of the aggregate posterior", "aggregate_kl", 0.0, 1.0),
+    ("MMD² of prior samples", "mmd", 0.0, 1.0),
+    ("−ELBO", "neg_elbo", 100.0, 1.0),
+    ("−ELBO", "neg_elbo", 0.0, 1.0),
+]
+"""The differences the discussion relies on: (what, key, KL weight, against KL weight), fixed decoder."""
+
+
+def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
+    """Whether each difference the discussion relies on exceeds the seed spread: the difference of the means
+    against twice its standard error, sqrt(s_a²/n_a + s_b²/n_b). A setting trained with one seed is given the
+    standard deviation pooled over the settings with several (said so)."""
+    multi = {s: ms for s, ms in by_seed.items() if len(ms) > 1}
+    if not multi:
+        return ("*One seed per setting: the seed spread is not measured, so no difference below can be said to "
+                "exceed it. Train with `--seeds 0,1,2` (or `--extra-seeds 1,2` for weight 1 alone).*")
+    lines, beyond, assumed = [], 0, False
+    for what, key, w, against in SPREAD_CHECKS:
+        a, b = by_seed.get(Setting("fixed", w)), by_seed.get(Setting("fixed", against))
+        if not a or not b:
+            continue
+        pooled_var = sum(mean_sd([m[key] for m in ms])[1] ** 2 * (len(ms) - 1) for ms in multi.values()) / sum(
+            len(ms) - 1 for ms in multi.values())
+        (mean_a, sd_a), (mean_b, sd_b) = mean_sd([m[key] for m in a]), mean_sd([m[key] for m in b])
+        var_a, var_b = (sd_a**2 if len(a) > 1 else pooled_var), (sd_b**2 if len(b) > 1 else pooled_var)
+        assumed |= len(a) == 1 or len(b) == 1
+        se = (var_a / len(a) + var_b / len(b)) ** 0.5
+        diff = mean_a - mean_b
+        exceeds = abs(diff) > 2 * se
+        beyond += exceeds
+        times = f"{abs(diff) / se:,.1f} times its standard error {se:,.3g}" if se > 0 else "with no spread measured"
+        lines.append(f"- {what[0].upper() + what[1:]}, weight {w:g} against weight {against:g}: {mean_a:,.3g} "
+                     f"(n = {len(a)}) against {mean_b:,.3g} (n = {len(b)}), a difference of {diff:+,.3g}, {times}: "
+                     + ("**beyond the seed spread**." if exceeds else
+                        "**within the seed spread**; another seed could change its sign."))
+    n_seeds = ", ".join(f"{s.label} ({len(ms)} seeds)" for s, ms in multi.items())
+    head = (f"Of the {len(lines)} differences the discussion above relies on, {beyond} exceed twice their standard "
+            f"error over seeds. The spread is measured on {n_seeds}"
+            + ("; a setting trained with one seed is given the standard deviation pooled over those, an assumption "
+               "that more seeds of it would check." if assumed else "."))
+    return head + "\n\n" + "\n".join(lines)
+
+
+def latent_markdown(by_latent: dict[int, list[dict]]) -> str:
+    """The latent sizes side by side (KL weight 1): the measurements that depend on the size of the code."""
+    if len(by_latent) < 2:
+        (d,) = by_latent
+        return (f"*One latent size ({d}) in this report; `--latent-dims {d},50` compares {d} with 50 as the "
+                "reference report did.*")
+    rows = [("−ELBO (nats per image)", "neg_elbo", ",.1f"), (RESULT_ROWS[2][0], "iwae_neg_log_px", ",.1f"),
+            ("PSNR of reconstructions from μ (dB)", "psnr_db", ".2f"), ("rate: KL (nats)", "rate", ".2f"),
+            ("active latent dimensions", "active_units", "d"), ("MMD², prior samples vs real images", "mmd", ".3f")]
+    first = next(iter(by_latent.values()))[0]
+    names = {"k": first["options"]["k"], "n": first["iwae_images"]}
+    table = [[name.format(**names)] + [_cell(ms, key, fmt) for ms in by_latent.values()] for name, key, fmt in rows]
+    table.append(["KL per active dimension (nats)"] + [
+        _stat([m["rate"] / max(1, m["active_units"]) for m in ms], ".2f") for ms in by_latent.values()])
+    header = ["KL weight 1, validation set"] + [
+        f"{d} latent dimensions" + (f" (n = {len(ms)} seeds)" if len(ms) > 1 else "") for d, ms in by_latent.items()]
+    return _table(header, table, first_width=2)
 
 
 def probe_markdown(measurements: dict[Setting, dict]) -> str:

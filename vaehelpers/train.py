@@ -289,6 +289,8 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
         noise_gen.set_state(checkpoint["noise_rng"])
         start_epoch, history = done.epochs_done, done.history
         snapshots["epochs"] = done.snapshots["epochs"]
+        if progress:
+            print(f"resuming {run_dir.name} after epoch {start_epoch} of {cfg.epochs}, its last checkpoint", flush=True)
     else:
         info = {
             "config": asdict(cfg),

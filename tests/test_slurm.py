@@ -1,0 +1,146 @@
+"""--executor slurm against a real single-node Slurm cluster on this machine (`make slurm`, scripts/slurm.sh):
+sbatch, job arrays, requeue and cancellation as Slurm does them, no mock. Skipped, with the reason, where no
+cluster runs and none can be started (not root, Slurm not installed)."""
+
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vaehelpers.__main__ import main
+from vaehelpers.data import load_images
+from vaehelpers.params import PROJECT, run_config
+from vaehelpers.sweep import NOTEBOOKS, RunSpec, SlurmOptions, Task, run_slurm, up_to_date
+from vaehelpers.train import resolve_device, resolve_precision
+
+from conftest import TINY
+
+SCRIPT = PROJECT / "scripts" / "slurm.sh"
+SLURM = ["--executor", "slurm", "--cpus-per-task", "1", "--array-parallelism", "2", "--time-min", "10"]
+
+
+def _up() -> bool:
+    return subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The cluster `make slurm` started, or one started here (and stopped after the tests) where we are root."""
+    if shutil.which("sinfo") and _up():
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no Slurm cluster runs here and starting one needs root: `make slurm` as root starts one")
+    if not Path("/usr/sbin/slurmctld").exists() or not shutil.which("sbatch"):
+        pytest.skip("Slurm is not installed: `make slurm` installs Debian's Slurm and starts a one-node cluster")
+    started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.skip(f"a Slurm cluster could not be started here: {started.stderr.strip()[-300:]}")
+    yield
+    subprocess.run([str(SCRIPT), "stop"], capture_output=True)
+
+
+def _squeue(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_a_sweep_runs_as_a_job_array_and_is_reported(cluster, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1", *SLURM,
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    job = re.search(r"== submitted Slurm job (\d+): 4 tasks", printed).group(1)
+    assert "== Slurm" in printed and re.search(r"4 of 4 finished, 0 running, 0 pending", printed)
+    names = {"run-kl1.ipynb", "run-kl100.ipynb", "run-kl0.ipynb", "run-kl1-seed1.ipynb"}
+    assert names <= {p.name for p in out.iterdir()}  # the executed notebooks, kept as with the local executor
+    logs = list((tmp_path / "runs" / "slurm").rglob(f"{job}_*_log.out"))
+    assert len(logs) == 4 and all("run folder: " in p.read_text() for p in logs)
+    html = (out / "report.html").read_text()
+    assert "KL weight 1 (mean ± sd, n = 2 seeds)" in html and "<h2" in html
+    assert main(args) == 0 and "4 finished, 0 to train." in capsys.readouterr().out  # nothing submitted again
+
+
+def _task(runs_dir: Path, out: Path, **settings) -> Task:
+    parameters = dict(data="builtin:600", epochs=6, batch_size=50, base_channels=8, latent_dim=4, kl_weight=1.0,
+                      likelihood="fixed", seed=0, device="cpu", runs_dir=str(runs_dir), checkpoint_every=0.0,
+                      **settings)
+    return Task(RunSpec(1.0, "fixed", 0, 4), out, parameters, NOTEBOOKS / "run.ipynb")
+
+
+def _history(runs_dir: Path) -> list[dict]:
+    (folder,) = [p.parent for p in runs_dir.glob("*/config.json")]
+    with open(folder / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k not in ("seconds", "peak_gpu_mib")} for row in csv.DictReader(f)]
+
+
+def test_a_requeued_task_resumes_and_ends_with_the_history_of_an_uninterrupted_one(cluster, tmp_path, capsys):
+    kept, requeued = _task(tmp_path / "kept", tmp_path / "kept.ipynb"), _task(tmp_path / "requeued", tmp_path / "r.ipynb")
+    options = SlurmOptions(cpus_per_task=1, array_parallelism=2, time_min=10, wait=False)
+    run_slurm([kept, requeued], tmp_path, options)
+    job = re.search(r"submitted Slurm job (\d+)", capsys.readouterr().out).group(1)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "requeued").glob("*/checkpoint.pt")) or len(_history(tmp_path / "requeued")) < 2:
+        assert time.monotonic() < deadline, "the task wrote no checkpoint in 2 minutes"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", f"{job}_1"], check=True)
+    todo = [t for t in (kept, requeued) if not up_to_date(t.out, t.source, t.parameters)]
+    failures, ended = run_slurm(todo, tmp_path, replace(options, wait=True, poll_s=1))
+    assert (failures, ended) == ([], True)
+    assert "still in Slurm from an earlier call" in capsys.readouterr().out  # waited for, not submitted twice
+    (log_file,) = (tmp_path / "slurm").rglob(f"{job}_1_*log.out")
+    log = log_file.read_text()
+    assert re.search(r"resuming \S+ after epoch [2-5] of 6, its last checkpoint", log), log[-2000:]
+    assert _history(tmp_path / "requeued") == _history(tmp_path / "kept") and len(_history(tmp_path / "kept")) == 6
+
+
+def test_a_failing_task_is_named_with_its_error_and_log_while_the_others_finish(cluster, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    cfg = run_config(data="builtin:150", epochs=2, base_channels=8, latent_dim=4, batch_size=50, kl_weight=0.0,
+                     lr=1e-4, seed=0)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, resolve_device("cpu")))
+    damaged = runs / cfg.run_name(load_images(cfg.data, cfg.image_size, seed=cfg.seed).key)
+    damaged.mkdir(parents=True)
+    (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    assert main(["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", *SLURM,
+                 "--runs-dir", str(runs), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"error: 1 of 3 runs failed, the others finished: KL weight 0, latent size 4, seed 0: RunDamaged: "
+                    rf"{re.escape(str(damaged))}.* \(Slurm job \d+_2, log \S+_2_log\.err\)$", err), err
+    log = re.search(r"log (\S+)\)$", err).group(1)
+    assert Path(log).exists() and "RunDamaged" in Path(log).read_text()
+    assert {"run-kl1.ipynb", "run-kl100.ipynb"} <= {p.name for p in out.iterdir()}
+    assert not (out / "report.html").exists()
+
+
+def test_interrupting_the_wait_cancels_the_submitted_jobs(cluster, tmp_path):
+    args = [sys.executable, "-m", "vaehelpers", "report", "--data", "builtin:600", "--epochs", "200",
+            "--base-channels", "8", "--latent-dim", "4", "--kl-weights", "1,100,0", "--no-sigma-vae", *SLURM,
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    job, lines = None, []
+    for line in proc.stdout:
+        lines.append(line)
+        if m := re.search(r"== submitted Slurm job (\d+)", line):
+            job = m.group(1)
+        if job and "running" in line and not re.search(r" 0 running", line):
+            break
+    assert job, "".join(lines)
+    assert _squeue(job)  # its tasks are in Slurm
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert re.search(rf"interrupted: cancelled Slurm job {job} \(3 tasks\)", err), err
+    deadline = time.monotonic() + 30
+    while _squeue(job):
+        assert time.monotonic() < deadline, f"Slurm job {job} still queued 30 s after the cancel: {_squeue(job)}"
+        time.sleep(0.5)

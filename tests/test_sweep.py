@@ -1,0 +1,93 @@
+"""Sweeps: which runs a sweep holds, how the local executor shares the cores, and the report's seed spread."""
+
+import re
+
+import pytest
+
+from vaehelpers.__main__ import main
+from vaehelpers.params import ParameterError
+from vaehelpers.store import Setting
+from vaehelpers.sweep import RunSpec, Sweep, local_workers
+from vaehelpers.text import results_table, spread_markdown
+
+from conftest import TINY
+
+
+def test_the_quick_sweep_is_six_runs_and_two_more_seeds_of_weight_1():
+    sweep = Sweep((1.0, 100.0, 0.0, 0.1, 10.0), extra_seeds=(1, 2))
+    runs = sweep.runs()
+    assert len(runs) == 8 and runs[5] == RunSpec(1.0, "sigma-vae", 0, 20)  # the main six first
+    assert runs[6:] == [RunSpec(1.0, "fixed", 1, 20), RunSpec(1.0, "fixed", 2, 20)]
+    assert [sweep.notebook_name(r) for r in (runs[0], runs[5], runs[7])] == [
+        "run-kl1.ipynb", "run-kl1-sigma-vae.ipynb", "run-kl1-seed2.ipynb"]
+
+
+def test_seeds_and_latent_sizes_multiply():
+    sweep = Sweep((1.0, 100.0, 0.0), seeds=(3, 4), latent_dims=(20, 50), sigma_vae=True)
+    runs = sweep.runs()
+    assert len(runs) == 2 * 2 * 4 and len(set(runs)) == len(runs)
+    assert {(r.seed, r.latent_dim) for r in runs[:4]} == {(3, 20)}
+    assert sweep.notebook_name(RunSpec(100.0, "fixed", 4, 50)) == "run-kl100-z50-seed4.ipynb"
+    with pytest.raises(ParameterError, match="each once"):
+        Sweep((1.0,), seeds=(1, 1))
+
+
+@pytest.mark.parametrize("runs, base, cores, expected", [
+    (6, 16, 2, (2, 1)),  # the quick budget on 2 cores: two runs at once, one thread each (1.26x measured)
+    (6, 32, 2, (1, 2)),  # base 32 gains little from sharing 2 cores (1.07x): one run with both
+    (6, 32, 16, (6, 2)),  # 16 cores: at most one worker per run
+    (8, 32, 16, (8, 2)),
+    (1, 16, 8, (1, 8)),
+])
+def test_local_workers_share_the_cores_by_model_size(runs, base, cores, expected):
+    assert local_workers(runs, base, 64, "cpu", cores=cores) == expected
+
+
+def _m(rate: float, distortion: float, neg_elbo: float = 100.0) -> dict:
+    keys = ["bits_per_dim", "iwae_neg_log_px", "psnr_db", "sharpness_ratio", "code_std", "posterior_std",
+            "aggregate_kl", "mmd", "sample_diversity", "calibrated_sigma", "calibrated_neg_elbo"]
+    return {"rate": rate, "distortion": distortion, "neg_elbo": neg_elbo, "active_units": 3, "kl_per_dim": [0.0] * 4,
+            "options": {"k": 8}, "iwae_images": 10, "mmd_images": 10, "data_diversity": 0.2, **dict.fromkeys(keys, 1.0)}
+
+
+def test_spread_says_which_differences_exceed_twice_their_standard_error():
+    w1, w100, w0 = Setting("fixed", 1.0), Setting("fixed", 100.0), Setting("fixed", 0.0)
+    by_seed = {w1: [_m(10, 100), _m(11, 101), _m(12, 102)], w100: [_m(0.5, 101.5)], w0: [_m(40, 99)]}
+    text = spread_markdown(by_seed)
+    # rate, weight 100 against 1: -10.5 with se sqrt(1/3 + 1/1) = 1.15 (weight 100 given the pooled sd 1)
+    assert re.search(r"- KL \(rate\), weight 100 against weight 1: 0\.5 \(n = 1\) against 11 \(n = 3\), a difference "
+                     r"of -10\.5, 9\.1 times its standard error 1\.15: \*\*beyond the seed spread\*\*", text)
+    # distortion, weight 100 against 1: +0.5 is within
+    assert re.search(r"- Distortion, weight 100 against weight 1: .* \+0\.5, 0\.4 times .*within the seed spread", text)
+    assert "given the standard deviation pooled over those" in text
+    table = results_table({s: ms[0] for s, ms in by_seed.items()}, by_seed)
+    assert "KL weight 1 (mean ± sd, n = 3 seeds)" in table and "| 11.00 ± 1.00 |" in table.replace("−", "-")
+    assert "| 3.0 ± 0.0 of 4 |" in table  # active units: mean over seeds
+
+
+def test_one_seed_says_the_spread_is_not_measured():
+    by_seed = {Setting("fixed", w): [_m(1, 1)] for w in (1.0, 100.0, 0.0)}
+    assert spread_markdown(by_seed).startswith("*One seed per setting: the seed spread is not measured")
+
+
+def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_spread(tmp_path, capfd):
+    out = tmp_path / "out"
+    args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1",
+            "--latent-dims", "4,6", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    assert main(args) == 0
+    printed = capfd.readouterr().out
+    assert re.search(r"== plan: 8 runs \(KL weights 1, 100, 0; seed 0, and seed 1 of weight 1; latent sizes 4, 6\); "
+                     r"0 finished, 8 to train here, 2 at a time with 1 thread each; \w+ training measured [\d,]+ "
+                     r"images/s per run on cpu, so about \d+ min\.", printed)
+    assert "[run-kl1-z6-seed1] kl_weight=1 epoch 2/2" in printed  # each worker's lines name their run
+    assert {"run-kl1.ipynb", "run-kl1-seed1.ipynb", "run-kl0-z6.ipynb", "run-kl1-z6-seed1.ipynb"} <= {
+        p.name for p in out.iterdir()}
+    html = (out / "report.html").read_text()
+    assert "KL weight 1 (mean ± sd, n = 2 seeds)" in html
+    assert re.search(r"Of the \d+ differences the discussion above relies on, \d+ exceed twice", html)
+    assert "4 latent dimensions (n = 2 seeds)" in html and "6 latent dimensions (n = 2 seeds)" in html
+    assert "Q2–Q7 show the runs with seed 0 and 4 latent dimensions" in html
+    # 21 figures of a report without the σ-VAE, and the latent sizes side by side
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 22
+    assert main(args) == 0  # all up to date: nothing trains again
+    assert "0 finished" not in (again := capfd.readouterr().out) and "8 finished, 0 to train." in again
