@@ -69,8 +69,11 @@ def test_a_sweep_runs_as_a_job_array_and_is_reported(cluster, tmp_path, capsys):
     assert main(args) == 0 and "4 finished, 0 to train." in capsys.readouterr().out  # nothing submitted again
 
 
+EPOCHS = 40  # long enough (about 15 s) to be still training when Slurm's KillWait of 5 s ends
+
+
 def _task(runs_dir: Path, out: Path, **settings) -> Task:
-    parameters = dict(data="builtin:600", epochs=6, batch_size=50, base_channels=8, latent_dim=4, kl_weight=1.0,
+    parameters = dict(data="builtin:600", epochs=EPOCHS, batch_size=50, base_channels=8, latent_dim=4, kl_weight=1.0,
                       likelihood="fixed", seed=0, device="cpu", runs_dir=str(runs_dir), checkpoint_every=0.0,
                       **settings)
     return Task(RunSpec(1.0, "fixed", 0, 4), out, parameters, NOTEBOOKS / "run.ipynb")
@@ -92,14 +95,21 @@ def test_a_requeued_task_resumes_and_ends_with_the_history_of_an_uninterrupted_o
         assert time.monotonic() < deadline, "the task wrote no checkpoint in 2 minutes"
         time.sleep(0.5)
     subprocess.run(["scontrol", "requeue", f"{job}_1"], check=True)
+    # Slurm makes a requeued task wait about two minutes before it may start again (its BeginTime): not here.
+    deadline = time.monotonic() + 30
+    while "PENDING" not in _squeue(f"{job}_1"):
+        assert time.monotonic() < deadline, f"the requeued task never showed as pending: {_squeue(f'{job}_1')}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], check=True)
     todo = [t for t in (kept, requeued) if not up_to_date(t.out, t.source, t.parameters)]
     failures, ended = run_slurm(todo, tmp_path, replace(options, wait=True, poll_s=1))
     assert (failures, ended) == ([], True)
     assert "still in Slurm from an earlier call" in capsys.readouterr().out  # waited for, not submitted twice
     (log_file,) = (tmp_path / "slurm").rglob(f"{job}_1_*log.out")
     log = log_file.read_text()
-    assert re.search(r"resuming \S+ after epoch [2-5] of 6, its last checkpoint", log), log[-2000:]
-    assert _history(tmp_path / "requeued") == _history(tmp_path / "kept") and len(_history(tmp_path / "kept")) == 6
+    resumed = re.search(rf"resuming \S+ after epoch (\d+) of {EPOCHS}, its last checkpoint", log)
+    assert resumed and 2 <= int(resumed.group(1)) < EPOCHS, log[-3000:]  # stopped mid-run, and resumed there
+    assert _history(tmp_path / "requeued") == _history(tmp_path / "kept") and len(_history(tmp_path / "kept")) == EPOCHS
 
 
 def test_a_failing_task_is_named_with_its_error_and_log_while_the_others_finish(cluster, tmp_path, capsys):
@@ -115,7 +125,7 @@ def test_a_failing_task_is_named_with_its_error_and_log_while_the_others_finish(
                  "--runs-dir", str(runs), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.match(r"error: 1 of 3 runs failed, the others finished: KL weight 0, latent size 4, seed 0: RunDamaged: "
-                    rf"{re.escape(str(damaged))}.* \(Slurm job \d+_2, log \S+_2_log\.err\)$", err), err
+                    rf"{re.escape(str(damaged))}.* \(Slurm job \d+_2, log \S+/\d+_2/\d+_2_0_log\.err\)$", err), err
     log = re.search(r"log (\S+)\)$", err).group(1)
     assert Path(log).exists() and "RunDamaged" in Path(log).read_text()
     assert {"run-kl1.ipynb", "run-kl100.ipynb"} <= {p.name for p in out.iterdir()}

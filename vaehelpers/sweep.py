@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -328,6 +329,10 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
     with the same arguments, and the run resumes from its last checkpoint."""
 
     def __call__(self, task: Task, threads: int) -> float:
+        # Slurm requeues or preempts a task with SIGTERM to every process of the job, then SIGKILL after its
+        # KillWait. submitit ignores the SIGTERM; the notebook's kernel, which inherits this, must too: otherwise
+        # it dies first, and the task records a failure ("Kernel died") instead of being started again.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             return execute_run(task, threads=threads)
         except Exception as e:
@@ -391,7 +396,7 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
         write_atomic(record_file, json.dumps(record, indent=1).encode())
         array = submitted[0].job_id.split("_")[0]
         print(f"== submitted Slurm job {array}: {len(new)} task{'s' if len(new) > 1 else ''} "
-              f"({', '.join(t.name for t in new)}); logs in {runs_dir / 'slurm' / array}", flush=True)
+              f"({', '.join(t.name for t in new)}); logs in {runs_dir / 'slurm' / array}_<task>/", flush=True)
     if not options.wait:
         return [], False
     try:
