@@ -7,6 +7,9 @@ DATA ?=
 EPOCHS ?=
 KL_WEIGHTS ?= 1,100,0,0.1,10
 DEVICE ?= auto
+SEEDS ?=
+LATENT_DIMS ?=
+EXECUTOR ?= local
 
 BROWSER_PACKAGES := chromium chromium-driver
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge slurmdbd mariadb-server
@@ -69,8 +72,9 @@ slurm:
 
 report: $(VENV)/.installed
 	-@$(MAKE) --no-print-directory latex
-	$(PY) -m vaehelpers report --kl-weights $(KL_WEIGHTS) --device $(DEVICE) \
-		$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m vaehelpers report --kl-weights $(KL_WEIGHTS) --device $(DEVICE) --executor $(EXECUTOR) \
+		$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(LATENT_DIMS),--latent-dims $(LATENT_DIMS))
 
 test: $(VENV)/.installed
 	-@$(MAKE) --no-print-directory browser

@@ -56,7 +56,7 @@ def test_spread_says_which_differences_exceed_twice_their_standard_error():
     text = spread_markdown(by_seed)
     # rate, weight 100 against 1: -10.5 with se sqrt(1/3 + 1/1) = 1.15 (weight 100 given the pooled sd 1)
     assert re.search(r"- KL \(rate\), weight 100 against weight 1: 0\.5 \(n = 1\) against 11 \(n = 3\), a difference "
-                     r"of -10\.5, 9\.1 times its standard error 1\.15: \*\*beyond the seed spread\*\*", text)
+                     r"of −10\.5, 9\.1 times its standard error 1\.15: \*\*beyond the seed spread\*\*", text)
     # distortion, weight 100 against 1: +0.5 is within
     assert re.search(r"- Distortion, weight 100 against weight 1: .* \+0\.5, 0\.4 times .*within the seed spread", text)
     assert "given the standard deviation pooled over those" in text

@@ -1,10 +1,12 @@
 """Command line: ``python -m vaehelpers report [--data PATH] [--epochs N] ...``, ``... board``, ``... bench``
 and ``... summary``.
 
-``report`` runs notebooks/run.ipynb once per KL weight (training, or reusing finished
-runs), executes notebooks/report.ipynb and exports ``<out>/report.html`` and
-``<out>/report.pdf``. With no ``--data`` it uses the built-in face set with a budget sized
-for a 2-core CPU (``QUICK``); with ``--data``, the assignment's settings (``ASSIGNMENT``).
+``report`` runs notebooks/run.ipynb once per run of its sweep (KL weights × seeds × latent
+sizes; training, or reusing finished runs), on this machine several at a time or as a Slurm
+job array (``--executor slurm``), executes notebooks/report.ipynb and exports
+``<out>/report.html`` and ``<out>/report.pdf``. With no ``--data`` it uses the built-in face
+set with a budget sized for a 2-core CPU (``QUICK``); with ``--data``, the assignment's
+settings (``ASSIGNMENT``).
 ``board`` starts TensorBoard on the runs folder (``make board``).
 """
 
@@ -34,17 +36,20 @@ CLI_SETTINGS = {
 }
 """The run settings (RunConfig fields) the report command takes as options, with their help."""
 
-QUICK = {"data": "builtin:6000", "epochs": 16, "lr": 1e-3, "batch_size": 50, "latent_dim": 20, "base_channels": 16,
-         "extra_seeds": (1, 2)}
+QUICK = {"data": "builtin:6000", "epochs": 16, "lr": 1e-3, "batch_size": 50, "latent_dim": 20, "base_channels": 16}
 """The default without --data: the built-in faces, sized so that the whole report (six runs) fits in minutes on
 a 2-core CPU. lr 1e-3 instead of the assignment's 1e-4, which learns too little in so few epochs; batch 50, whose
-twice as many steps reconstruct better in less time than 20 epochs of batch 100 (README, "Budget and speed").
-Two more seeds of weight 1, trained beside the others by the local executor, give even the quick report its
-seed spread."""
+twice as many steps reconstruct better in less time than 20 epochs of batch 100 (README, "Budget and speed")."""
+
+QUICK_EXTRA_SEEDS = (1, 2)
+"""With the quick budget, two more seeds of weight 1, trained beside the other runs by the local executor, give
+even the quick report its seed spread (README, "Sweeps")."""
 
 
-def _whole_numbers(option: str, example: str):
+def _whole_numbers(option: str, example: str, none: bool = False):
     def parse(text: str) -> list[int]:
+        if none and text.strip().lower() == "none":
+            return []
         try:
             values = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
@@ -53,6 +58,18 @@ def _whole_numbers(option: str, example: str):
         if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"{option} needs different whole numbers >= 0; got {text!r}.")
         return values
+    return parse
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"needs a whole number >= {low}; got {text!r}.")
+        return value
     return parse
 
 
@@ -136,22 +153,23 @@ def main(argv: list[str] | None = None) -> int:
                        help="every setting trains once per seed; Q2-Q7 show the first (default: --seed)")
     sweep.add_argument("--latent-dims", type=_whole_numbers("--latent-dims", "20,50"),
                        help="every setting trains once per latent size; the first is the main one (default: --latent-dim)")
-    sweep.add_argument("--extra-seeds", type=_whole_numbers("--extra-seeds", "1,2"),
-                       help="more seeds of KL weight 1 alone (default: 1,2 on the quick budget, none with --data)")
+    sweep.add_argument("--extra-seeds", type=_whole_numbers("--extra-seeds", "1,2", none=True),
+                       help="more seeds of KL weight 1 alone, or none (default: 1,2 on the quick budget, none with --data)")
     sweep.add_argument("--executor", choices=["local", "slurm"], default="local",
                        help="local: concurrent processes on this machine (default); slurm: one Slurm job array")
-    sweep.add_argument("--workers", type=int, help="local: runs trained at once (default: from the cores and model size)")
-    sweep.add_argument("--threads", type=int, help="local: threads per run (default: the cores shared among the workers)")
-    sweep.add_argument("--checkpoint-every", type=float,
+    sweep.add_argument("--workers", type=_at_least(1), help="local: runs trained at once (default: from the cores and model size)")
+    sweep.add_argument("--threads", type=_at_least(1), help="local: threads per run (default: the cores shared among the workers)")
+    sweep.add_argument("--checkpoint-every", type=_at_least(0),
                        help="seconds between two writes of a run's files (default 30): what a requeued task redoes")
     slurm = report.add_argument_group("slurm", "with --executor slurm; the runs folder, the output folder and the data "
                                       "cache ($VAEHELPERS_CACHE) must be on a filesystem every node shares")
     slurm.add_argument("--partition", help="the partition (default: the cluster's default)")
-    slurm.add_argument("--gpus-per-task", type=int, default=0)
-    slurm.add_argument("--cpus-per-task", type=int, default=SlurmOptions.cpus_per_task)
-    slurm.add_argument("--time-min", type=int, default=SlurmOptions.time_min,
+    slurm.add_argument("--gpus-per-task", type=_at_least(0), default=0)
+    slurm.add_argument("--cpus-per-task", type=_at_least(1), default=SlurmOptions.cpus_per_task,
+                       help="also each task's PyTorch threads")
+    slurm.add_argument("--time-min", type=_at_least(1), default=SlurmOptions.time_min,
                        help="each task's time limit in minutes; a task that reaches it is requeued and resumes")
-    slurm.add_argument("--array-parallelism", type=int, default=SlurmOptions.array_parallelism,
+    slurm.add_argument("--array-parallelism", type=_at_least(1), default=SlurmOptions.array_parallelism,
                        help="at most this many tasks run at once")
     slurm.add_argument("--sbatch", type=_sbatch_option, action="append", default=[], metavar="KEY=VALUE",
                        help="any further sbatch option, repeatable: --sbatch account=mylab --sbatch qos=short")
@@ -193,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = dict(ASSIGNMENT) if args.data else dict(QUICK)
     settings.update({name: getattr(args, name) for name in CLI_SETTINGS if getattr(args, name) is not None})
-    if args.extra_seeds is not None:
-        settings["extra_seeds"] = tuple(args.extra_seeds)
+    extra_seeds = tuple(args.extra_seeds) if args.extra_seeds is not None else () if args.data else QUICK_EXTRA_SEEDS
     slurm_options = SlurmOptions(args.partition, args.gpus_per_task, args.cpus_per_task, args.time_min,
                                  args.array_parallelism, dict(args.sbatch), args.wait)
     started = time.perf_counter()
@@ -203,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                                kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae,
                                seeds=tuple(args.seeds or ()), latent_dims=tuple(args.latent_dims or ()),
                                executor=args.executor, workers=args.workers, threads=args.threads,
-                               slurm=slurm_options, checkpoint_every=args.checkpoint_every, **settings)
+                               extra_seeds=extra_seeds, slurm=slurm_options, checkpoint_every=args.checkpoint_every,
+                               **settings)
     except PapermillExecutionError as e:  # a notebook stopped: a bad parameter, a damaged run, a diverged run
         print(f"error: {e.evalue}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
-"""The one-command build: ``build_report`` runs ``notebooks/run.ipynb`` once per KL weight with
-papermill, then ``notebooks/report.ipynb``, and exports the executed report to a self-contained
+"""The one-command build: ``build_report`` runs ``notebooks/run.ipynb`` once per run of the report's
+sweep with papermill (:mod:`vaehelpers.sweep`: here or in Slurm), then ``notebooks/report.ipynb``, and exports the executed report to a self-contained
 HTML file (figures embedded, mathematics as MathML, no script from a CDN) and, where LaTeX is
 installed, to PDF through nbconvert's LaTeX route. Code is hidden in both. Only the command line
 imports this module; the notebooks it runs import :mod:`vaehelpers.params`, :mod:`vaehelpers.report`

@@ -14,6 +14,7 @@ kept as one uint8 tensor N×3×S×S and cached on disk (:mod:`vaehelpers.cache`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -115,9 +116,12 @@ def load_images(
     key = cache_key(description)
     data = None
     try:
-        ensure_writable(cache, f"the data cache of {name}")
-        with locked(cache / f"{key}.lock", f"the data cache entry of {name}"):  # one process builds it, others reuse it
-            cached = read_entry(cache, key)
+        cached = read_entry(cache, key)  # complete entries are only read: runs trained at once need no lock for it
+        if cached is None:
+            ensure_writable(cache, f"the data cache of {name}")
+        with contextlib.nullcontext() if cached is not None else locked(  # one process builds it, others reuse it
+                cache / f"{key}.lock", f"the data cache entry of {name}"):
+            cached = cached or read_entry(cache, key)
             if cached is not None:
                 images, factors, meta = cached
                 _say(meta, name)  # a cached load says what it left out and converted, too

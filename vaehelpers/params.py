@@ -88,9 +88,9 @@ def check_device(device: str) -> torch.device:
 def check_report(kl_weights: list[float], device: str = "auto", likelihood: Likelihood = "fixed",
                  require: bool = True, **settings) -> dict[float, RunConfig]:
     """Every check a report's runs need, before any of them trains: the weights (1, 100 and 0 with the
-    assignment's fixed likelihood, unless ``require`` is False: a seed that trains weight 1 alone), each run's settings, the device, and the data (present, readable, and
-    large enough for the validation split). Returns the run configurations by weight, or raises
-    :class:`ParameterError` with one sentence."""
+    assignment's fixed likelihood, unless ``require`` is False: a seed that trains weight 1 alone), each
+    run's settings, the device, and the data (present, readable, and large enough for the validation split).
+    Returns the run configurations by weight, or raises :class:`ParameterError` with one sentence."""
     weights = [float(w) for w in kl_weights]
     missing = [f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w not in weights] if likelihood == "fixed" and require else []
     if missing:

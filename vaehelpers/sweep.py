@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .cache import default_cache_dir
 from .files import write_atomic
 from .objective import Likelihood
 from .params import REPORT_WEIGHTS, PROJECT, ParameterError
@@ -315,7 +316,7 @@ class SlurmOptions:
     array_parallelism: int = 64  # at most this many tasks of the array run at once
     sbatch: dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. {"account": "mylab"}
     wait: bool = True  # False: submit, print the job id and return; the same command renders later
-    poll_s: float = 5.0  # seconds between two looks at the jobs' states
+    poll_s: float = 10.0  # seconds between two looks at the tasks: one sacct call for all of them
 
 
 try:
@@ -396,7 +397,9 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
         write_atomic(record_file, json.dumps(record, indent=1).encode())
         array = submitted[0].job_id.split("_")[0]
         print(f"== submitted Slurm job {array}: {len(new)} task{'s' if len(new) > 1 else ''} "
-              f"({', '.join(t.name for t in new)}); logs in {runs_dir / 'slurm' / array}_<task>/", flush=True)
+              f"({', '.join(t.name for t in new)}); logs in {runs_dir / 'slurm' / array}_<task>/. The tasks read and "
+              f"write {runs_dir}, {new[0].out.parent} and the data cache {default_cache_dir()}: every node must see "
+              "them at these paths (a shared filesystem)", flush=True)
     if not options.wait:
         return [], False
     try:
@@ -417,6 +420,7 @@ def _wait(jobs: list, poll_s: float) -> list[str]:
     pending = dict(enumerate(jobs))
     shown, started = None, time.perf_counter()
     while pending:
+        jobs[0][1].watcher.update()  # one sacct call for every task (submitit's own refresh slows to 10 min)
         for key, (task, job) in list(pending.items()):
             if job.done():
                 del pending[key]

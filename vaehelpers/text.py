@@ -161,6 +161,13 @@ SPREAD_CHECKS = [
 """The differences the discussion relies on: (what, key, KL weight, against KL weight), fixed decoder."""
 
 
+def _num(x: float, sign: str = "") -> str:
+    """Three significant digits, whole numbers from 1,000 up, and a minus sign (U+2212) that LaTeX keeps with
+    its number."""
+    text = f"{x:{sign},.0f}" if abs(x) >= 1000 else f"{x:{sign}.3g}"
+    return text.replace("-", "−")
+
+
 def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
     """Whether each difference the discussion relies on exceeds the seed spread: the difference of the means
     against twice its standard error, sqrt(s_a²/n_a + s_b²/n_b). A setting trained with one seed is given the
@@ -183,9 +190,9 @@ def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
         diff = mean_a - mean_b
         exceeds = abs(diff) > 2 * se
         beyond += exceeds
-        times = f"{abs(diff) / se:,.1f} times its standard error {se:,.3g}" if se > 0 else "with no spread measured"
-        lines.append(f"- {what[0].upper() + what[1:]}, weight {w:g} against weight {against:g}: {mean_a:,.3g} "
-                     f"(n = {len(a)}) against {mean_b:,.3g} (n = {len(b)}), a difference of {diff:+,.3g}, {times}: "
+        times = f"{abs(diff) / se:,.1f} times its standard error {_num(se)}" if se > 0 else "with no spread measured"
+        lines.append(f"- {what[0].upper() + what[1:]}, weight {w:g} against weight {against:g}: {_num(mean_a)} "
+                     f"(n = {len(a)}) against {_num(mean_b)} (n = {len(b)}), a difference of {_num(diff, '+')}, {times}: "
                      + ("**beyond the seed spread**." if exceeds else
                         "**within the seed spread**; another seed could change its sign."))
     n_seeds = ", ".join(f"{s.label} ({len(ms)} seeds)" for s, ms in multi.items())
