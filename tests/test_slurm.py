@@ -65,7 +65,7 @@ def test_a_sweep_runs_as_a_job_array_and_is_reported(cluster, tmp_path, capsys):
     logs = list((tmp_path / "runs" / "slurm").rglob(f"{job}_*_log.out"))
     assert len(logs) == 4 and all("run folder: " in p.read_text() for p in logs)
     html = (out / "report.html").read_text()
-    assert "KL weight 1 (mean ± sd, n = 2 seeds)" in html and "<h2" in html
+    assert "KL weight 1 (n = 2 seeds, mean ± sd)" in html and "<h2" in html
     assert main(args) == 0 and "4 finished, 0 to train." in capsys.readouterr().out  # nothing submitted again
 
 

@@ -8,7 +8,7 @@ from vaehelpers.__main__ import main
 from vaehelpers.params import ParameterError
 from vaehelpers.store import Setting
 from vaehelpers.sweep import RunSpec, Sweep, local_workers
-from vaehelpers.text import results_table, spread_markdown
+from vaehelpers.text import latent_markdown, results_table, spread_markdown
 
 from conftest import TINY
 
@@ -61,8 +61,20 @@ def test_spread_says_which_differences_exceed_twice_their_standard_error():
     assert re.search(r"- Distortion, weight 100 against weight 1: .* \+0\.5, 0\.4 times .*within the seed spread", text)
     assert "given the standard deviation pooled over those" in text
     table = results_table({s: ms[0] for s, ms in by_seed.items()}, by_seed)
-    assert "KL weight 1 (mean ± sd, n = 3 seeds)" in table and "| 11.00 ± 1.00 |" in table.replace("−", "-")
+    assert "KL weight 1 (n = 3 seeds, mean ± sd)" in table and "| 11.00 ± 1.00 |" in table.replace("−", "-")
     assert "| 3.0 ± 0.0 of 4 |" in table  # active units: mean over seeds
+
+
+def test_latent_sizes_are_compared_against_their_seed_spread():
+    by_latent = {20: [_m(10, 100, 100), _m(11, 100, 102)], 50: [_m(20, 100, 101), _m(21, 100, 103)]}
+    text = latent_markdown(by_latent)
+    assert "| KL weight 1, validation set | 20 latent dimensions (n = 2 seeds) | 50 latent dimensions (n = 2 seeds) |" in text
+    # se = sqrt(0.5/2 + 0.5/2) = 0.707 for the rate, sqrt(2/2 + 2/2) = 1.41 for the -ELBO
+    assert ("- Rate, 50 against 20 latent dimensions: 20.5 (n = 2) against 10.5 (n = 2), a difference of +10, 14.1 "
+            "times its standard error 0.707: **beyond the seed spread**.") in text
+    assert ("- −ELBO, 50 against 20 latent dimensions: 102 (n = 2) against 101 (n = 2), a difference of +1, 0.7 times "
+            "its standard error 1.41: **within the seed spread**") in text
+    assert latent_markdown({20: by_latent[20]}).startswith("*One latent size (20) in this report")
 
 
 def test_one_seed_says_the_spread_is_not_measured():
@@ -83,7 +95,7 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
     assert {"run-kl1.ipynb", "run-kl1-seed1.ipynb", "run-kl0-z6.ipynb", "run-kl1-z6-seed1.ipynb"} <= {
         p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
-    assert "KL weight 1 (mean ± sd, n = 2 seeds)" in html
+    assert "KL weight 1 (n = 2 seeds, mean ± sd)" in html
     assert re.search(r"Of the \d+ differences the discussion above relies on, \d+ exceed twice", html)
     assert "4 latent dimensions (n = 2 seeds)" in html and "6 latent dimensions (n = 2 seeds)" in html
     assert "Q2–Q7 show the runs with seed 0 and 4 latent dimensions" in html

@@ -249,6 +249,7 @@ def compare_latent_sizes(runs: dict[int, Run], by_latent: dict[int, list[dict]],
         ax_kl.bar(range(1, len(mean) + 1), mean, color="C0")
         ax_kl.axhline(0.01, color="C3", lw=0.8, ls="--")
         ax_kl.set_yscale("symlog", linthresh=0.01)
+        ax_kl.set_ylim(0, 2 * max(max(mean), 0.01))  # symlog's own limits cut the tallest bars
         ax_kl.set(title="KL per dimension, sorted" + (f" (mean of {len(per_dim)} seeds)" if len(per_dim) > 1 else ""),
                   xlabel="latent dimension (sorted)", ylabel="nats")
     return fig

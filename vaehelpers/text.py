@@ -19,10 +19,11 @@ FIXED_1 = Setting("fixed", 1.0)
 SIGMA_1 = Setting("sigma-vae", 1.0)
 
 
-def _table(header: list[str], rows: list[list], first_width: int = 1) -> str:
-    """A Markdown table. ``first_width``: how many times wider the first column is in the PDF
-    (pandoc reads relative column widths from the dashes of the separator line)."""
-    dashes = ["-" * 4 * first_width] + ["-" * 4] * (len(header) - 1)
+def _table(header: list[str], rows: list[list], first_width: int = 1, widths: list[int] | None = None) -> str:
+    """A Markdown table. ``first_width``: how many times wider the first column is in the PDF, or ``widths``:
+    each column's (pandoc reads relative column widths from the dashes of the separator line)."""
+    widths = widths or [first_width] + [1] * (len(header) - 1)
+    dashes = ["-" * 4 * w for w in widths]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(dashes) + "|"]
     # Pipes escaped; a minus sign (U+2212), not a hyphen, so that LaTeX does not break "−7,633" after it.
     lines += ["| " + " | ".join(re.sub(r"^-(?=\d)", "−", str(c)).replace("|", "\\|") for c in row) + " |"
@@ -126,10 +127,10 @@ def results_table(measurements: dict[Setting, dict], by_seed: dict[Setting, list
     seeds = {s: (by_seed or {}).get(s) or [m] for s, m in measurements.items()}
     names = {"k": first["options"]["k"], "n": first["iwae_images"], "mmd": first["mmd_images"],
              "diversity": first["data_diversity"]}
-    header = [heading] + [s.label + (f" (mean ± sd, n = {len(seeds[s])} seeds)" if len(seeds[s]) > 1 else "")
+    header = [heading] + [s.label + (f" (n = {len(seeds[s])} seeds, mean ± sd)" if len(seeds[s]) > 1 else "")
                           for s in measurements]
     rows = [[name.format(**names)] + [_cell(seeds[s], key, fmt) for s in measurements] for name, key, fmt in RESULT_ROWS]
-    return _table(header, rows, first_width=3)
+    return _table(header, rows, widths=[6] + [4 if len(seeds[s]) > 1 else 3 for s in measurements])
 
 
 def seeds_markdown(sweep: Sweep, by_seed: dict[Setting, list[dict]]) -> str:
@@ -137,7 +138,8 @@ def seeds_markdown(sweep: Sweep, by_seed: dict[Setting, list[dict]]) -> str:
     counts = {s.label: len(ms) for s, ms in by_seed.items()}
     several = {label: n for label, n in counts.items() if n > 1}
     text = (f"Q2–Q7 show the runs with seed {sweep.seed} and {sweep.latent_dim} latent dimensions"
-            + (f" (the sweep also trained latent sizes {', '.join(map(str, sweep.latent_dims[1:]))})"
+            + (f" (the sweep also trained latent size{'s' if len(sweep.latent_dims) > 2 else ''} "
+               f"{', '.join(map(str, sweep.latent_dims[1:]))})"
                if len(sweep.latent_dims) > 1 else "") + ". ")
     if not several:
         return text + ("Every number comes from that one seed, so this report cannot say how much of a difference "
@@ -168,6 +170,27 @@ def _num(x: float, sign: str = "") -> str:
     return text.replace("-", "−")
 
 
+def _compare(what: str, a: list[float], b: list[float], pooled_var: float) -> tuple[str, bool]:
+    """One line: the difference of the means of ``a`` and ``b`` against twice its standard error,
+    sqrt(s_a²/n_a + s_b²/n_b), a sample of one taking the pooled variance; and whether it exceeds it."""
+    (mean_a, sd_a), (mean_b, sd_b) = mean_sd(a), mean_sd(b)
+    var_a, var_b = (sd_a**2 if len(a) > 1 else pooled_var), (sd_b**2 if len(b) > 1 else pooled_var)
+    se = (var_a / len(a) + var_b / len(b)) ** 0.5
+    diff = mean_a - mean_b
+    exceeds = se > 0 and abs(diff) > 2 * se
+    times = f"{abs(diff) / se:,.1f} times its standard error {_num(se)}" if se > 0 else "with no spread measured"
+    return (f"- {what}: {_num(mean_a)} (n = {len(a)}) against {_num(mean_b)} (n = {len(b)}), a difference of "
+            f"{_num(diff, '+')}, {times}: " + ("**beyond the seed spread**." if exceeds else
+                                             "**within the seed spread**; another seed could change its sign.")), exceeds
+
+
+def _pooled_variance(groups: list[list[float]]) -> float:
+    """The variance pooled over the groups of several values (0 where none has several)."""
+    several = [g for g in groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in several)
+    return sum(mean_sd(g)[1] ** 2 * (len(g) - 1) for g in several) / dof if dof else 0.0
+
+
 def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
     """Whether each difference the discussion relies on exceeds the seed spread: the difference of the means
     against twice its standard error, sqrt(s_a²/n_a + s_b²/n_b). A setting trained with one seed is given the
@@ -181,20 +204,12 @@ def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
         a, b = by_seed.get(Setting("fixed", w)), by_seed.get(Setting("fixed", against))
         if not a or not b:
             continue
-        pooled_var = sum(mean_sd([m[key] for m in ms])[1] ** 2 * (len(ms) - 1) for ms in multi.values()) / sum(
-            len(ms) - 1 for ms in multi.values())
-        (mean_a, sd_a), (mean_b, sd_b) = mean_sd([m[key] for m in a]), mean_sd([m[key] for m in b])
-        var_a, var_b = (sd_a**2 if len(a) > 1 else pooled_var), (sd_b**2 if len(b) > 1 else pooled_var)
         assumed |= len(a) == 1 or len(b) == 1
-        se = (var_a / len(a) + var_b / len(b)) ** 0.5
-        diff = mean_a - mean_b
-        exceeds = abs(diff) > 2 * se
+        line, exceeds = _compare(f"{what[0].upper() + what[1:]}, weight {w:g} against weight {against:g}",
+                                 [m[key] for m in a], [m[key] for m in b],
+                                 _pooled_variance([[m[key] for m in ms] for ms in multi.values()]))
+        lines.append(line)
         beyond += exceeds
-        times = f"{abs(diff) / se:,.1f} times its standard error {_num(se)}" if se > 0 else "with no spread measured"
-        lines.append(f"- {what[0].upper() + what[1:]}, weight {w:g} against weight {against:g}: {_num(mean_a)} "
-                     f"(n = {len(a)}) against {_num(mean_b)} (n = {len(b)}), a difference of {_num(diff, '+')}, {times}: "
-                     + ("**beyond the seed spread**." if exceeds else
-                        "**within the seed spread**; another seed could change its sign."))
     n_seeds = ", ".join(f"{s.label} ({len(ms)} seeds)" for s, ms in multi.items())
     head = (f"Of the {len(lines)} differences the discussion above relies on, {beyond} exceed twice their standard "
             f"error over seeds. The spread is measured on {n_seeds}"
@@ -203,23 +218,36 @@ def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
     return head + "\n\n" + "\n".join(lines)
 
 
+LATENT_ROWS = [
+    ("−ELBO (nats per image)", "neg_elbo", ",.1f", "−ELBO"),
+    (RESULT_ROWS[2][0], "iwae_neg_log_px", ",.1f", "IWAE bound"),
+    ("PSNR of reconstructions from μ (dB)", "psnr_db", ".2f", "PSNR"),
+    ("rate: KL (nats)", "rate", ".2f", "Rate"),
+    ("active latent dimensions", "active_units", "d", None),
+    ("MMD², prior samples vs real images", "mmd", ".3f", "MMD² of prior samples"),
+]
+"""The latent-size table: (row, key in measurements.json, format, name in the sentences or None)."""
+
+
 def latent_markdown(by_latent: dict[int, list[dict]]) -> str:
-    """The latent sizes side by side (KL weight 1): the measurements that depend on the size of the code."""
+    """The latent sizes side by side (KL weight 1): the measurements that depend on the size of the code, and
+    whether each difference from the first size exceeds the seed spread."""
     if len(by_latent) < 2:
         (d,) = by_latent
         return (f"*One latent size ({d}) in this report; `--latent-dims {d},50` compares {d} with 50 as the "
                 "reference report did.*")
-    rows = [("−ELBO (nats per image)", "neg_elbo", ",.1f"), (RESULT_ROWS[2][0], "iwae_neg_log_px", ",.1f"),
-            ("PSNR of reconstructions from μ (dB)", "psnr_db", ".2f"), ("rate: KL (nats)", "rate", ".2f"),
-            ("active latent dimensions", "active_units", "d"), ("MMD², prior samples vs real images", "mmd", ".3f")]
     first = next(iter(by_latent.values()))[0]
     names = {"k": first["options"]["k"], "n": first["iwae_images"]}
-    table = [[name.format(**names)] + [_cell(ms, key, fmt) for ms in by_latent.values()] for name, key, fmt in rows]
+    table = [[name.format(**names)] + [_cell(ms, key, fmt) for ms in by_latent.values()] for name, key, fmt, _ in LATENT_ROWS]
     table.append(["KL per active dimension (nats)"] + [
         _stat([m["rate"] / max(1, m["active_units"]) for m in ms], ".2f") for ms in by_latent.values()])
     header = ["KL weight 1, validation set"] + [
         f"{d} latent dimensions" + (f" (n = {len(ms)} seeds)" if len(ms) > 1 else "") for d, ms in by_latent.items()]
-    return _table(header, table, first_width=2)
+    (first_d, first_ms), *others = by_latent.items()
+    lines = [_compare(f"{short}, {d} against {first_d} latent dimensions", [m[key] for m in ms],
+                      [m[key] for m in first_ms], _pooled_variance([[m[key] for m in ms], [m[key] for m in first_ms]]))[0]
+             for d, ms in others for _, key, _, short in LATENT_ROWS if short]
+    return _table(header, table, first_width=2) + "\n\n" + "\n".join(lines)
 
 
 def probe_markdown(measurements: dict[Setting, dict]) -> str:
