@@ -97,7 +97,7 @@ def test_results_table_has_a_column_per_setting_labelled_by_it():
 
 def test_q1_text_from_the_run_record():
     model = ConvVAE(4, 32, 8)
-    config = SimpleNamespace(data="builtin:150", seed=0, image_size=32, latent_dim=4, lr=1e-3, batch_size=50, epochs=2,
+    config = SimpleNamespace(data="builtin:150", seed=0, data_seed=0, image_size=32, latent_dim=4, lr=1e-3, batch_size=50, epochs=2,
                              precision="bf16")
     info = {"data": {"images": 150, "skipped": 0, "source": "builtin:150"},
             "split": {"val_fraction": 0.05, "val": 8, "train": 142}, "device": "cpu"}

@@ -117,7 +117,7 @@ def test_a_failing_task_is_named_with_its_error_and_log_while_the_others_finish(
     cfg = run_config(data="builtin:150", epochs=2, base_channels=8, latent_dim=4, batch_size=50, kl_weight=0.0,
                      lr=1e-4, seed=0)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, resolve_device("cpu")))
-    damaged = runs / cfg.run_name(load_images(cfg.data, cfg.image_size, seed=cfg.seed).key)
+    damaged = runs / cfg.run_name(load_images(cfg.data, cfg.image_size, seed=cfg.data_seed).key)
     damaged.mkdir(parents=True)
     (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "out"

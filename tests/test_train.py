@@ -166,3 +166,32 @@ def test_the_bench_times_emulated_bf16_on_two_steps_and_says_so(monkeypatch):
     assert calls.count(("bf16", {"steps": 2, "warmup": 1})) == 1 and [c for c, _ in calls].count("fp32") == 3
     assert "bf16 emulated: no AVX512-BF16/AMX" in line and "bf16 on 2 steps, emulated 80 images/s (0.08x)" in line
     assert "s per epoch of 21,551 images in fp32" in line
+
+
+def test_seeds_train_on_the_same_images_and_hold_out_the_same_ones(tmp_path):
+    """A seed changes the weights, the batch order and the noise; the data set and its held-out split come from
+    data_seed, so the spread over seeds is that of training alone, measured on the same validation images."""
+    a = fit(runs_dir=tmp_path, progress=False, **TINY)
+    b = fit(runs_dir=tmp_path, progress=False, seed=1, **TINY)
+    assert a.dir != b.dir and b.config.data_seed == 0
+    assert a.info["data"] == b.info["data"] and a.info["split"] == b.info["split"]
+    first = next(iter(a.model.state_dict()))
+    assert not torch.equal(a.model.state_dict()[first], b.model.state_dict()[first])
+    c = fit(runs_dir=tmp_path, progress=False, data_seed=1, **TINY)
+    assert c.info["split"]["val_indices"] != a.info["split"]["val_indices"]
+
+
+def test_a_run_written_before_data_seed_loads_with_the_data_its_seed_chose(tmp_path):
+    """config.json files written when the seed chose the data too have no data_seed: loading one keeps the data
+    and split it trained on, and such runs keep their folder names."""
+    run = fit(runs_dir=tmp_path, progress=False, seed=1, data_seed=1, **TINY)
+    info = json.loads((run.dir / "config.json").read_text())
+    del info["config"]["data_seed"]
+    (run.dir / "config.json").write_text(json.dumps(info))
+    loaded = load_run(run.dir)
+    assert loaded.config.data_seed == 1 and loaded.config.run_name(loaded.data(tmp_path).key) == run.dir.name
+    # a name the code before data_seed gave the quick report's run of KL weight 1 (builtin:6000, fp32)
+    quick = RunConfig(data="builtin:6000", epochs=16, lr=1e-3, batch_size=50, latent_dim=20, base_channels=16,
+                      precision="fp32")
+    assert quick.run_name(load_images(quick.data, 64, cache_dir=tmp_path).key) == \
+        "builtin6000_kl1_z20_e16_seed0_fp32_7050221b"

@@ -31,7 +31,8 @@ ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "b
 CLI_SETTINGS = {
     "data": "image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)",
     "epochs": None, "lr": "learning rate of Adam", "batch_size": None, "latent_dim": None, "base_channels": None,
-    "image_size": "pixels on a side (a power of two: 32, 64, 128)", "seed": "of the split, the weights and the noise (default 0)",
+    "image_size": "pixels on a side (a power of two: 32, 64, 128)", "seed": "of the initial weights, the batch order and the noise (default 0)",
+    "data_seed": "of the built-in face set and the held-out split, the same for every seed (default 0)",
     "precision": "of training: bf16 autocast, fp32, or auto (bf16 on CUDA and on CPUs with native bf16; the default)",
 }
 """The run settings (RunConfig fields) the report command takes as options, with their help."""

@@ -99,7 +99,7 @@ def check_report(kl_weights: list[float], device: str = "auto", likelihood: Like
     check_device(device)
     first = next(iter(configs.values()))
     try:
-        check_split(load_images(first.data, first.image_size, seed=first.seed), first)
+        check_split(load_images(first.data, first.image_size, seed=first.data_seed), first)
     except (OSError, ValueError) as e:
         raise ParameterError(str(e)) from None
     return configs
@@ -113,7 +113,7 @@ def check_space(configs: list[RunConfig], device: str, runs_dir: Path, out_dir: 
     dev = resolve_device(device)
     with warnings.catch_warnings():  # the data's skip and conversion lines were said by check_report
         warnings.simplefilter("ignore")
-        data = load_images(configs[0].data, configs[0].image_size, seed=configs[0].seed)
+        data = load_images(configs[0].data, configs[0].image_size, seed=configs[0].data_seed)
     todo = [cfg for cfg in configs if not (runs_dir / replace(cfg, precision=resolve_precision(cfg.precision, dev))
                                            .run_name(data.key) / "checkpoint.pt").exists()]
     runs_need = sum(run_bytes(cfg, len(data)) for cfg in todo)

@@ -65,7 +65,8 @@ class RunConfig:
     lr: float = 1e-4
     image_size: int = 64
     base_channels: int = 32
-    seed: int = 0
+    seed: int = 0  # the initial weights, the batch order and every sampled noise
+    data_seed: int = 0  # the built-in face set and the held-out split: the same for every seed, so all runs hold out the same images
     val_fraction: float = 0.05
     snapshot_epochs: list[int] | None = None  # None: default_snapshot_epochs(epochs)
     panel_size: int = 8  # validation images reconstructed at each snapshot
@@ -97,7 +98,10 @@ class RunConfig:
 
     def run_name(self, data_key: str) -> str:
         """Readable folder name from the main settings, plus a hash of all of them and of the data."""
-        text = json.dumps({**asdict(self), "data_key": data_key}, sort_keys=True)
+        fields = asdict(self)
+        if self.data_seed == self.seed:  # as runs were named when the seed chose the data too: their names stay
+            del fields["data_seed"]
+        text = json.dumps({**fields, "data_key": data_key}, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
         likelihood = "" if self.likelihood == "fixed" else f"_{self.likelihood}"
@@ -173,7 +177,7 @@ class Run:
 
     def data(self, cache_dir: str | os.PathLike | None = None) -> ImageSet:
         """The run's image set, preprocessed as it trained on it (from the data cache)."""
-        return load_images(self.config.data, self.config.image_size, seed=self.config.seed, cache_dir=cache_dir)
+        return load_images(self.config.data, self.config.image_size, seed=self.config.data_seed, cache_dir=cache_dir)
 
     @property
     def setting(self) -> Setting:
@@ -269,10 +273,11 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"{run_dir} holds no completed epoch (no checkpoint.pt): train it with fit() first.")
     info = read_json(run_dir / "config.json")
     try:
-        cfg = RunConfig(**info["config"])
+        # a config.json written before data_seed existed: the seed chose the data and the split
+        cfg = RunConfig(**{"data_seed": info["config"].get("seed", 0), **info["config"]})
         if not {"val_indices", "train"} <= set(info["split"]) or "device" not in info or "data" not in info:
             raise KeyError("split, data or device")
-    except (KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise _damaged(run_dir / "config.json", f"does not describe a run ({type(e).__name__}: {e})") from None
     checkpoint = read_pt(checkpoint_file)
     epochs_done = checkpoint.get("epoch")

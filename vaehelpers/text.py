@@ -36,7 +36,7 @@ def preprocessing_markdown(run: Run) -> str:
     data, split, size = run.info["data"], run.info["split"], run.config.image_size
     if parse_builtin(run.config.data) is not None:
         origin = (f"The images are the project's built-in procedural face set ({data['images']:,} faces drawn "
-                  f"directly at {size}×{size} from independently sampled factors, seed {run.config.seed}), "
+                  f"directly at {size}×{size} from independently sampled factors, seed {run.config.data_seed}), "
                   "so no resizing or cropping was needed.")
     else:
         skipped = (f"; {data['skipped']} entries were skipped: unreadable, corrupt, not images, over 50 megapixels "
@@ -146,7 +146,9 @@ def seeds_markdown(sweep: Sweep, by_seed: dict[Setting, list[dict]]) -> str:
                        "another seed would change; `--seeds 0,1,2` trains each setting three times.")
     return text + ("Q8 gives each number as mean ± standard deviation over the seeds of each setting (" +
                    ", ".join(f"{label}: {n} seeds" for label, n in several.items()) + "; the others one), and says "
-                   "which of the differences the discussion relies on exceed that spread.")
+                   "which of the differences the discussion relies on exceed that spread. A seed changes the initial "
+                   "weights, the order of the batches and the sampled noise; every run holds out the same validation "
+                   "images and trains on the same set, so the spread is that of training alone.")
 
 
 SPREAD_CHECKS = [

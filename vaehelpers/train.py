@@ -215,7 +215,7 @@ def _diverged(cfg: RunConfig, where: str) -> str:
 def check_split(data: ImageSet, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's (train, validation) indices, or a ``ValueError`` if the set is too small for the
     figures: the interpolation needs two validation images."""
-    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.data_seed)
     if len(val_idx) < 2:
         need = next(n for n in range(len(data) + 1, 10**9) if len(split_indices(n, cfg.val_fraction)[1]) >= 2)
         raise ValueError(f"Data {data.source} has {len(data)} images, so its {cfg.val_fraction:.0%} validation "
@@ -250,7 +250,7 @@ def fit(
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, dev))  # part of the run's identity
-    data = load_images(cfg.data, cfg.image_size, seed=cfg.seed, cache_dir=cache_dir)
+    data = load_images(cfg.data, cfg.image_size, seed=cfg.data_seed, cache_dir=cache_dir)
     check_split(data, cfg)
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
@@ -296,7 +296,7 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
             "config": asdict(cfg),
             "data": {"source": data.source, "key": data.key, "images": len(data), "skipped": data.skipped,
                      "converted": data.converted},
-            "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "train": len(train_idx),
+            "split": {"seed": cfg.data_seed, "val_fraction": cfg.val_fraction, "train": len(train_idx),
                       "val": len(val_idx), "val_indices": val_idx.tolist()},
             "model": model.hparams(),
             "parameters": sum(p.numel() for p in model.parameters()),
