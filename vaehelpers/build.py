@@ -109,8 +109,6 @@ def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, exec
         return text + "."
     import torch
 
-    from .data import load_images
-
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)
     previous = torch.get_num_threads()
@@ -120,7 +118,7 @@ def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, exec
                              image_size=cfg.image_size, latent_dim=cfg.latent_dim)
     finally:
         torch.set_num_threads(previous)
-    images = round(len(load_images(cfg.data, cfg.image_size, seed=cfg.data_seed)) * (1 - cfg.val_fraction))
+    images = round(len(cfg.load_images()) * (1 - cfg.val_fraction))
     if executor == "slurm":
         seconds = estimate_seconds(1, cfg.epochs, images, rate, 1)
         return (text + f" in Slurm; {precision} training measured {rate:,.0f} images/s on this machine's {dev}, so "

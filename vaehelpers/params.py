@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .data import load_images, parse_builtin
+from .data import parse_builtin
 from .files import ensure_writable, free_bytes, no_room
 from .objective import Likelihood
 from .store import RunConfig, run_bytes
@@ -99,7 +99,7 @@ def check_report(kl_weights: list[float], device: str = "auto", likelihood: Like
     check_device(device)
     first = next(iter(configs.values()))
     try:
-        check_split(load_images(first.data, first.image_size, seed=first.data_seed), first)
+        check_split(first.load_images(), first)
     except (OSError, ValueError) as e:
         raise ParameterError(str(e)) from None
     return configs
@@ -113,7 +113,7 @@ def check_space(configs: list[RunConfig], device: str, runs_dir: Path, out_dir: 
     dev = resolve_device(device)
     with warnings.catch_warnings():  # the data's skip and conversion lines were said by check_report
         warnings.simplefilter("ignore")
-        data = load_images(configs[0].data, configs[0].image_size, seed=configs[0].data_seed)
+        data = configs[0].load_images()
     todo = [cfg for cfg in configs if not (runs_dir / replace(cfg, precision=resolve_precision(cfg.precision, dev))
                                            .run_name(data.key) / "checkpoint.pt").exists()]
     runs_need = sum(run_bytes(cfg, len(data)) for cfg in todo)

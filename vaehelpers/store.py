@@ -96,6 +96,11 @@ class RunConfig:
             self.snapshot_epochs = default_snapshot_epochs(self.epochs)
         self.snapshot_epochs = sorted({int(e) for e in self.snapshot_epochs if 1 <= int(e) <= self.epochs})
 
+    def load_images(self, cache_dir: str | os.PathLike | None = None) -> ImageSet:
+        """The image set this config trains on, preprocessed (from the data cache); ``data_seed`` chooses the
+        built-in face set, never ``seed``."""
+        return load_images(self.data, self.image_size, seed=self.data_seed, cache_dir=cache_dir)
+
     def run_name(self, data_key: str) -> str:
         """Readable folder name from the main settings, plus a hash of all of them and of the data."""
         fields = asdict(self)
@@ -177,7 +182,7 @@ class Run:
 
     def data(self, cache_dir: str | os.PathLike | None = None) -> ImageSet:
         """The run's image set, preprocessed as it trained on it (from the data cache)."""
-        return load_images(self.config.data, self.config.image_size, seed=self.config.data_seed, cache_dir=cache_dir)
+        return self.config.load_images(cache_dir)
 
     @property
     def setting(self) -> Setting:

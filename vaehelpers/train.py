@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .board import Board, recorded_steps
-from .data import ImageSet, batches, load_images, split_indices
+from .data import ImageSet, batches, split_indices
 from .decode import to_uint8
 from .files import NotWritable, ensure_writable, locked, torch_save_atomic, write_atomic
 from .model import ConvVAE
@@ -250,7 +250,7 @@ def fit(
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, dev))  # part of the run's identity
-    data = load_images(cfg.data, cfg.image_size, seed=cfg.data_seed, cache_dir=cache_dir)
+    data = cfg.load_images(cache_dir)
     check_split(data, cfg)
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
