@@ -92,7 +92,7 @@ def test_relative_paths_in_notebooks_start_at_the_project_folder(tmp_path, monke
     assert run_config(data="builtin:10").data == "builtin:10"
 
 
-@pytest.mark.parametrize("name, extras", [("run.ipynb", {"device", "runs_dir", "checkpoint_every"}),
+@pytest.mark.parametrize("name, extras", [("run.ipynb", {"device", "runs_dir", "checkpoint_every", "compiled"}),
                                           ("report.ipynb", {"device", "runs_dir", "kl_weights", "sigma_vae", "seeds",
                                                             "latent_dims", "extra_seeds"})])
 def test_parameter_cells_match_the_run_settings(name, extras):

@@ -6,7 +6,7 @@ import torch
 from vaehelpers import train
 from vaehelpers.data import load_images, split_indices
 from vaehelpers.store import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, key_epochs, load_run
-from vaehelpers.train import evaluate, fit, resolve_precision
+from vaehelpers.train import evaluate, fit
 
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
@@ -108,15 +108,28 @@ def test_bad_settings_are_clear_errors(bad):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+def test_auto_precision_is_the_probes_choice_and_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native):
+    from vaehelpers import speed
+
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(speed, "measure", _rates({"fp32": 500.0, "bf16": 1000.0}))  # bf16 2x faster where it is native
     expected = "bf16" if native else "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) == expected
-    assert resolve_precision("fp32", torch.device("cpu")) == "fp32" and resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    assert resolve_precision("auto", torch.device("mps")) == "fp32"
     run = fit(runs_dir=tmp_path, progress=False, device="cpu", **dict(TINY, epochs=1))
     assert run.config.precision == expected and f"_{expected}_" in run.dir.name
     assert json.loads((run.dir / "config.json").read_text())["config"]["precision"] == expected
+
+
+def _rates(rates):
+    """A stand-in for the speed probe's measurement that "measures" ``rates``."""
+    from vaehelpers import speed
+
+    def measure(device, shape, candidates, cache_dir, rounds=3, seconds=0.5, probe=None):
+        probe = probe or speed.Probe(speed.probe_key(device, shape))
+        probe.rates.update({c: rates[c] for c in candidates if c in rates})
+        probe.compile_s.update({c.split()[0]: 2.0 for c in candidates if "compiled" in c})
+        return probe
+
+    return measure
 
 
 def test_precision_is_part_of_the_run_identity(tmp_path):
@@ -139,7 +152,10 @@ def test_bf16_run_is_deterministic_and_validated_in_fp32(tmp_path):
 
 
 def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_measured_slowdown(tmp_path, monkeypatch):
+    from vaehelpers import speed
+
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
     train._emulation_rates.cache_clear()
     with pytest.warns(train.EmulatedBf16, match=r"^precision bf16 is emulated on this CPU \(it has no AVX512-BF16 or "
                                                 r"AMX\): a training step of this model measured here ran \d+\.\dx slower "
@@ -152,20 +168,8 @@ def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_measured_slowdown(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error", train.EmulatedBf16)
         fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1, precision="bf16"))  # reused: not trained, no warning
-        assert fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1)).config.precision == "fp32"  # auto
-
-
-def test_the_bench_times_emulated_bf16_on_two_steps_and_says_so(monkeypatch):
-    from vaehelpers import bench
-
-    calls = []
-    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(bench, "training_rate", lambda dev, channels, precision, **kw: calls.append((precision, kw))
-                        or (1000.0 if precision == "fp32" else 80.0))
-    (line,) = bench.bench_training("cpu", base_channels=(16,))
-    assert calls.count(("bf16", {"steps": 2, "warmup": 1})) == 1 and [c for c, _ in calls].count("fp32") == 3
-    assert "bf16 emulated: no AVX512-BF16/AMX" in line and "bf16 on 2 steps, emulated 80 images/s (0.08x)" in line
-    assert "s per epoch of 21,551 images in fp32" in line
+        assert fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1)).config.precision == "bf16"  # kept
+        assert fit(runs_dir=tmp_path / "new", progress=False, **dict(TINY, epochs=1)).config.precision == "fp32"  # auto
 
 
 def test_seeds_train_on_the_same_images_and_hold_out_the_same_ones(tmp_path):

@@ -33,7 +33,8 @@ CLI_SETTINGS = {
     "epochs": None, "lr": "learning rate of Adam", "batch_size": None, "latent_dim": None, "base_channels": None,
     "image_size": "pixels on a side (a power of two: 32, 64, 128)", "seed": "of the initial weights, the batch order and the noise (default 0)",
     "data_seed": "of the built-in face set and the held-out split, the same for every seed (default 0)",
-    "precision": "of training: bf16 autocast, fp32, or auto (bf16 on CUDA and on CPUs with native bf16; the default)",
+    "precision": "of training: bf16 autocast, fp32, or auto (the default: the faster here, measured once per machine; "
+                 "bf16 on CUDA)",
 }
 """The run settings (RunConfig fields) the report command takes as options, with their help."""
 
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="local: concurrent processes on this machine (default); slurm: one Slurm job array")
     sweep.add_argument("--workers", type=_at_least(1), help="local: runs trained at once (default: from the cores and model size)")
     sweep.add_argument("--threads", type=_at_least(1), help="local: threads per run (default: the cores shared among the workers)")
+    sweep.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
+                       help="compile the training step with torch.compile: auto (where the speed probe shows it pays, "
+                       "compile time included; the default), yes, or no")
     sweep.add_argument("--checkpoint-every", type=_at_least(0),
                        help="seconds between two writes of a run's files (default 30): what a requeued task redoes")
     slurm = report.add_argument_group("slurm", "with --executor slurm; the runs folder, the output folder and the data "
@@ -183,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="instead: train the quick budget's weight-1 run in fp32 and in bf16, compare the results")
     bench.add_argument("--events", action="store_true",
                        help="instead: what writing TensorBoard events costs on the quick budget's weight-1 run")
+    bench.add_argument("--homework", action="store_true",
+                       help="instead: this project's training against the usual homework loop (ImageFolder, DataLoader, "
+                       "plain Adam) on 5,000 PNG faces, base channels 16 and 32")
     bench.add_argument("--data", help="with --compare-precision: another data source for the quick budget")
     bench.add_argument("--epochs", type=int, help="with --compare-precision: another number of epochs")
     bench.add_argument("--runs-dir", default="runs", help="with --compare-precision: where the two runs go")
@@ -200,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         return 0
     if args.command == "bench":
-        from .bench import bench_explore, bench_loading, bench_training, compare_events, compare_precision
+        from .bench import (bench_explore, bench_homework, bench_loading, bench_training, compare_events,
+                            compare_precision)
 
         quick = {**QUICK, **{k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}}
         lines = (compare_precision(quick, args.device, args.runs_dir) if args.compare_precision else
                  compare_events(quick, args.device) if args.events else
+                 bench_homework(args.device) if args.homework else
                  bench_training(args.device) + bench_explore() + bench_loading(args.images))
         for line in lines:
             print(line, flush=True)
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                seeds=tuple(args.seeds or ()), latent_dims=tuple(args.latent_dims or ()),
                                executor=args.executor, workers=args.workers, threads=args.threads,
                                extra_seeds=extra_seeds, slurm=slurm_options, checkpoint_every=args.checkpoint_every,
-                               **settings)
+                               compiled={"auto": None, "yes": True, "no": False}[args.compile], **settings)
     except PapermillExecutionError as e:  # a notebook stopped: a bad parameter, a damaged run, a diverged run
         print(f"error: {e.evalue}", file=sys.stderr)
         return 2

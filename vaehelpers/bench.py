@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 from .data import load_images
 from .faces import make_faces
 from .model import ConvVAE
-from .train import cpu_has_native_bf16, resolve_device, training_rate
+from .train import resolve_device
 
 
 def _timed(fn):
@@ -71,27 +72,120 @@ def bench_explore(base_channels: tuple[int, ...] = (16, 32), repeats: int = 20) 
     return lines
 
 
-def bench_training(device: str = "auto", base_channels: tuple[int, ...] = (16, 32)) -> list[str]:
-    """fp32 and bf16 training speed side by side, interleaved so that both see the same machine. Where the CPU
-    emulates bf16 (no AVX512-BF16 or AMX), bf16 is timed on two steps only, and the line says so."""
+def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[str]:
+    """For each shape (the quick budget's and the assignment's by default, with the threads the report gives each
+    run): what ``auto`` chooses (the recorded speed probe, :func:`~vaehelpers.speed.choose_step`), and every
+    candidate of {fp32, bf16} × {eager, compiled} measured afresh side by side over five rounds, so that the
+    choice can be checked against the fastest for the shape's run, its compile included."""
+    from .__main__ import ASSIGNMENT, QUICK
+    from .cache import default_cache_dir
+    from .speed import Shape, choose_step, measure, precisions_here
+    from .step import compiler_missing
+    from .store import RunConfig
+    from .sweep import local_workers
+
     dev = resolve_device(device)
-    emulated = dev.type == "cpu" and not cpu_has_native_bf16()
-    native = "bf16 emulated: no AVX512-BF16/AMX" if emulated else "native bf16"
     lines = []
-    for channels in base_channels:
-        rates = {p: [] for p in ("fp32", "bf16")}
-        for _ in range(3):  # median of three, alternating
-            for precision in rates:
-                if emulated and precision == "bf16":
-                    continue
-                rates[precision].append(training_rate(dev, channels, precision))
-        if emulated:  # minutes at length; two steps tell the slowdown
-            rates["bf16"] = [training_rate(dev, channels, "bf16", steps=2, warmup=1)] * 3
-        fp32, bf16 = (sorted(r)[1] for r in rates.values())
-        timed = "bf16 on 2 steps, emulated" if emulated else "bf16"
-        lines.append(f"training on {dev} ({torch.get_num_threads()} threads, {native}), base_channels={channels}: "
-                     f"fp32 {fp32:,.0f} images/s, {timed} {bf16:,.0f} images/s ({bf16 / fp32:.2f}x); "
-                     f"{21551 / max(bf16, fp32):.1f} s per epoch of 21,551 images in {'fp32' if fp32 > bf16 else 'bf16'}")
+    for settings in shapes or (QUICK, ASSIGNMENT):
+        cfg = RunConfig(**{**settings, "data": "builtin"})
+        runs = 8 if settings.get("base_channels") == QUICK["base_channels"] else 6
+        workers, threads = local_workers(runs, cfg.base_channels, cfg.image_size, device)
+        train_images = round(int(str(settings.get("data", "builtin:21551")).split(":")[-1]) * (1 - cfg.val_fraction))
+        images = cfg.epochs * train_images
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads if workers > 1 else previous)
+        try:
+            choice = choose_step(cfg, dev, train_images)
+            candidates = [f"{p}{c}" for p in precisions_here(dev)
+                          for c in ("", " compiled")[:1 if compiler_missing(dev) else 2]]
+            fresh = measure(dev, Shape.of(cfg), candidates, default_cache_dir() / "inductor", rounds=5)
+            threads_now = torch.get_num_threads()
+        finally:
+            torch.set_num_threads(previous)
+        measured = ", ".join(f"{c} {r:,.0f}" for c, r in fresh.rates.items())
+        costs = ", ".join(f"{p} {s:.1f} s" for p, s in fresh.compile_s.items() if p != "import")
+        chosen = f"{choice.precision}{' compiled' if choice.compiled else ''}"
+        fastest = min(fresh.rates, key=lambda c: fresh.seconds(c, images))
+        behind = fresh.seconds(chosen, images) / fresh.seconds(fastest, images) - 1 if chosen in fresh.rates else None
+        lines.append(f"training on {dev} ({fresh.key['device']}, {threads_now} thread{'s' if threads_now > 1 else ''} "
+                     f"a run), {Shape.of(cfg).describe()}: {measured} images/s" + (f"; compile {costs} a run" if costs
+                                                                                   else f"; {compiler_missing(dev)}"))
+        lines.append(f"  auto chooses {choice.describe()}")
+        if behind is not None:
+            lines.append(f"  for its run of {images:,} images the fastest measured now is {fastest}; the choice is "
+                         + ("that one" if chosen == fastest else f"{100 * behind:.1f} % slower")
+                         + (" (within 5 %)" if behind <= 0.05 else " (more than 5 % slower: measured again, the "
+                            "probe's record would differ; delete it to measure anew)"))
+    return lines
+
+
+def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 32), n_images: int = 5000) -> list[str]:
+    """The project's training against the usual homework loop, one process each, on ``n_images`` PNG faces (made
+    from the built-in set in a temporary folder), the same model and batch (50 at base 16, 100 at base 32):
+
+    * homework: torchvision's ``ImageFolder`` with ``Resize`` and ``ToTensor`` each epoch, ``DataLoader`` with
+      2 worker processes, plain ``torch.optim.Adam``, fp32, eager, images in PyTorch's default layout;
+    * this project: the folder decoded once into the data cache, uint8 batches in memory, channels-last, fused
+      Adam, and the precision and step ``auto`` chooses (:func:`~vaehelpers.train.decide`).
+
+    Each is timed on one epoch after a warm-up epoch (which includes the compile, where there is one)."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+    from tqdm.auto import tqdm
+    from torchvision.datasets import ImageFolder
+
+    from .objective import vae_loss
+    from .store import RunConfig
+    from .step import compiled_terms
+    from .train import _train_epoch, adam, build_model, decide
+
+    dev = resolve_device(device)
+    faces, _ = make_faces(n_images, seed=0)
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "faces"
+        (folder / "face").mkdir(parents=True)  # ImageFolder's one class
+        for i, image in enumerate(faces):
+            Image.fromarray(image).save(folder / "face" / f"{i:05d}.png")
+        data = load_images(folder, 64, cache_dir=Path(tmp) / "cache")
+        for channels in base_channels:
+            batch = 50 if channels <= 16 else 100
+            cfg = RunConfig(data=str(folder), base_channels=channels, batch_size=batch, lr=1e-3,
+                            epochs=16 if channels <= 16 else 100)  # the report's runs, for what auto chooses
+            model = ConvVAE(cfg.latent_dim, 64, channels).to(dev)
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            loader = DataLoader(ImageFolder(str(folder), transforms.Compose([transforms.Resize(64), transforms.ToTensor()])),
+                                batch_size=batch, shuffle=True, num_workers=2)
+            seconds = []
+            for _ in range(2):
+                started = time.perf_counter()
+                for x, _ in loader:
+                    x = x.to(dev)
+                    x_hat, mu, logvar = model(x)
+                    loss = vae_loss(x, x_hat, mu, logvar).objective
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                seconds.append(time.perf_counter() - started)
+            homework = n_images / seconds[1]
+
+            choice = decide(cfg, dev, data, Path(tmp) / "runs", cache_dir=Path(tmp) / "cache")
+            cfg = replace(cfg, precision=choice.precision)
+            model = build_model(cfg).to(dev, memory_format=torch.channels_last)
+            optimizer = adam(model, cfg.lr)
+            images = data.images.to(dev)
+            terms = compiled_terms(Path(tmp) / "cache" / "inductor") if choice.compiled else None
+            seconds = []
+            shuffle, noise = torch.Generator().manual_seed(0), torch.Generator(device=dev).manual_seed(0)
+            for epoch in (1, 2):
+                started = time.perf_counter()
+                with tqdm(disable=True) as bar:
+                    _train_epoch(model, optimizer, images, cfg, shuffle, noise, bar, epoch, terms)
+                seconds.append(time.perf_counter() - started)
+            ours = len(images) / seconds[1]
+            lines.append(f"base_channels={channels}, batch {batch}, {torch.get_num_threads()} threads, {n_images:,} PNG "
+                         f"faces: homework loop {homework:,.0f} images/s, this project ({choice.precision}"
+                         f"{', compiled' if choice.compiled else ''}) {ours:,.0f} images/s: {ours / homework:.2f}x")
     return lines
 
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from .data import parse_builtin
 from .files import write_atomic
-from .params import REPORT_WEIGHTS, ParameterError, check_report, check_space
+from .params import REPORT_WEIGHTS, ParameterError, check_report, check_space, run_config
+from .speed import Choice
+from .step import training_rate
 from .store import RunConfig
-from .sweep import (NOTEBOOKS, Executor, SlurmOptions, Sweep, SweepFailed, Task, estimate_seconds, execute_notebook,
+from .sweep import (NOTEBOOKS, Executor, RunSpec, SlurmOptions, Sweep, SweepFailed, Task, estimate_seconds, execute_notebook,
                     local_workers, run_local, run_slurm, show_notebook_output, up_to_date)
-from .train import resolve_device, resolve_precision, training_rate
+from .train import decide, resolve_device
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -34,7 +39,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
                  seeds: tuple[int, ...] | None = None, latent_dims: tuple[int, ...] | None = None,
                  extra_seeds: tuple[int, ...] = (), executor: Executor = "local", workers: int | None = None,
                  threads: int | None = None, slurm: SlurmOptions | None = None, checkpoint_every: float | None = None,
-                 **settings) -> dict[str, Path | None] | None:
+                 compiled: bool | None = None, **settings) -> dict[str, Path | None] | None:
     """Train the sweep's runs (``run.ipynb`` once per run, ``executor`` choosing where), execute
     ``report.ipynb``, export HTML and PDF.
 
@@ -42,6 +47,9 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     ``latent_dims`` default to ``settings``' seed and latent_dim. ``workers`` and ``threads``: the local
     executor's (default: from the cores and the model's size, :func:`~vaehelpers.sweep.local_workers`).
     ``checkpoint_every``: seconds between two writes of a run's files (default 30).
+    ``compiled``: compile every run's training step (True), never (False), or where it pays (None). Here the
+    precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide`) and passed to each run
+    notebook; with Slurm, each task decides on its node, and the report finds the runs the tasks trained.
     Returns the paths written (``pdf`` None where LaTeX is missing), or None where Slurm tasks were submitted
     without waiting. Raises :class:`~vaehelpers.sweep.SweepFailed` naming the runs that failed.
     """
@@ -54,31 +62,39 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     sweep = Sweep(tuple(float(w) for w in kl_weights), tuple(seeds or (settings.get("seed", 0),)),
                   tuple(latent_dims or (settings.get("latent_dim", 20),)), sigma_vae, tuple(extra_seeds))
     settings = {k: v for k, v in settings.items() if k not in ("seed", "latent_dim")}
-    configs = []  # everything checked before any training
-    for d in sweep.latent_dims:
-        for s in sweep.weight1_seeds():
-            if s in sweep.seeds:
-                configs += check_report(list(sweep.kl_weights), device, seed=s, latent_dim=d, **settings).values()
-            else:
-                configs += check_report([1.0], device, seed=s, latent_dim=d, require=False, **settings).values()
-            if sweep.sigma_vae and s in sweep.seeds:
-                configs += check_report([1.0], device, likelihood="sigma-vae", seed=s, latent_dim=d, **settings).values()
-    check_space(configs, device, runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
+    for d in sweep.latent_dims:  # everything checked before any training: the settings, device and data
+        check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=d, **settings)
+    specs = sweep.runs()
+    configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
+                                latent_dim=spec.latent_dim, **settings) for spec in specs}
+    main = configs[specs[0]]
+    if executor == "local":
+        auto_workers, auto_threads = local_workers(len(specs), main.base_channels, main.image_size, device)
+        workers = min(workers or auto_workers, len(specs))
+        threads = threads or (auto_threads if workers > 1 else 0)
+    dev = resolve_device(device)  # checked by check_report; resolved once, here
+    choices = decide_all(configs, dev, runs_path, threads or 0, compiled) if executor == "local" else {}
+    configs = {spec: replace(cfg, precision=choices[spec].precision) if choices else cfg
+               for spec, cfg in configs.items()}
+    check_space(list(configs.values()), runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
     common = dict(settings, device=device, runs_dir=str(runs_path))
     common.update({} if checkpoint_every is None else {"checkpoint_every": float(checkpoint_every)})
+    decided = {spec: {"precision": c.precision, "compiled": c.compiled} for spec, c in choices.items()}
     tasks = [Task(spec, out / sweep.notebook_name(spec),
                   dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
-                       latent_dim=spec.latent_dim), notebooks / "run.ipynb") for spec in sweep.runs()]
+                       latent_dim=spec.latent_dim, **decided.get(spec, {})), notebooks / "run.ipynb")
+             for spec in specs]
+    if len({c.precision for c in choices.values()}) == 1:  # the report finds the runs in the precision decided
+        common["precision"] = choices[specs[0]].precision
     todo = [t for t in tasks if not up_to_date(t.out, t.source, t.parameters)]
     for t in tasks:
         if t not in todo:
             print(f"== {t.spec.label}: {t.out} is up to date", flush=True)
     show_notebook_output()
     if executor == "local":
-        auto_workers, auto_threads = local_workers(len(todo), configs[0].base_channels, configs[0].image_size, device)
-        workers = min(workers or auto_workers, max(1, len(todo)))
-        threads = threads or (auto_threads if workers > 1 else 0)
-    print(plan(sweep, tasks, todo, configs[0], executor, workers or 1, threads or 0, device), flush=True)
+        workers = min(workers or 1, max(1, len(todo)))
+    todo_choice = next((choices[t.spec] for t in todo if t.spec in choices), None)
+    print(plan(sweep, tasks, todo, main, executor, workers or 1, threads or 0, dev, todo_choice), flush=True)
     if todo:
         if executor == "slurm":
             failures, ended = run_slurm(todo, runs_path, slurm or SlurmOptions())
@@ -99,35 +115,49 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     return {"html": html, "pdf": pdf, "notebook": out / "report.ipynb"}
 
 
+def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
+               compiled: bool | None) -> dict[RunSpec, Choice]:
+    """Each run's precision and step, decided once for the command with the threads each run will have (the
+    speed probe measures at most once per machine and shape; :func:`~vaehelpers.train.decide`)."""
+    data = next(iter(configs.values())).load_images()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return {spec: decide(cfg, dev, data, runs_dir, compiled=compiled) for spec, cfg in configs.items()}
+    finally:
+        torch.set_num_threads(previous)
+
+
 def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, executor: Executor, workers: int,
-         threads: int, device: str) -> str:
-    """What a sweep will do, before it does it: its runs, how many are finished, and how long the others take
-    at a training rate measured here in a few steps."""
+         threads: int, dev: torch.device, choice: Choice | None = None) -> str:
+    """What a sweep will do, before it does it: its runs, how many are finished, how they train (``choice``, the
+    decision the runs get) and how long the others take at the rate measured here."""
     text = (f"== plan: {len(tasks)} runs ({sweep.describe()}); {len(tasks) - len(todo)} finished, "
             f"{len(todo)} to train")
     if not todo:
         return text + "."
-    import torch
-
-    dev = resolve_device(device)
-    precision = resolve_precision(cfg.precision, dev)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
-        rate = training_rate(dev, cfg.base_channels, precision, min(cfg.batch_size, 100), steps=3, warmup=1,
-                             image_size=cfg.image_size, latent_dim=cfg.latent_dim)
-    finally:
-        torch.set_num_threads(previous)
     images = round(len(cfg.load_images()) * (1 - cfg.val_fraction))
+    if executor == "slurm" or choice is None or not choice.rate:
+        precision = choice.precision if choice else cfg.precision if cfg.precision != "auto" else "fp32"
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)
+        try:
+            rate = training_rate(dev, cfg.base_channels, precision, min(cfg.batch_size, 100), steps=3, warmup=1,
+                                 image_size=cfg.image_size, latent_dim=cfg.latent_dim)
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        precision, rate = choice.precision, choice.rate
     if executor == "slurm":
         seconds = estimate_seconds(1, cfg.epochs, images, rate, 1)
-        return (text + f" in Slurm; {precision} training measured {rate:,.0f} images/s on this machine's {dev}, so "
-                f"about {seconds / 60:.0f} min per task at its speed (the nodes' may differ).")
+        return (text + f" in Slurm, each task choosing its precision and step on its node; {precision} training "
+                f"measured {rate:,.0f} images/s on this machine's {dev}, so about {seconds / 60:.0f} min per task at "
+                "its speed (the nodes' may differ).")
     where = (f"{workers} at a time with {threads} thread{'s' if threads > 1 else ''} each" if workers > 1
              else "one at a time")
     seconds = estimate_seconds(len(todo), cfg.epochs, images, rate, workers)
-    return (text + f" here, {where}; {precision} training measured {rate:,.0f} images/s per run on {dev}, "
-            f"so about {seconds / 60:.0f} min.")
+    how = f"training step {choice.describe()}" if choice else f"{precision} training measured {rate:,.0f} images/s"
+    return text + f" here, {where}; {how}; so about {seconds / 60:.0f} min."
 
 
 def _to_mathml(markdown: str) -> str:

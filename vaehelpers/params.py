@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import typing
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from .data import parse_builtin
 from .files import ensure_writable, free_bytes, no_room
 from .objective import Likelihood
 from .store import RunConfig, run_bytes
-from .train import check_split, resolve_device, resolve_precision
+from .train import check_split, existing_precisions, resolve_device
 
 PROJECT = Path(__file__).resolve().parent.parent
 ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
@@ -105,17 +104,20 @@ def check_report(kl_weights: list[float], device: str = "auto", likelihood: Like
     return configs
 
 
-def check_space(configs: list[RunConfig], device: str, runs_dir: Path, out_dir: Path, report_bytes: int) -> int:
+def check_space(configs: list[RunConfig], runs_dir: Path, out_dir: Path, report_bytes: int) -> int:
     """Check, before anything trains, that ``runs_dir`` and ``out_dir`` take files and that their disks hold
-    the runs not yet trained (:func:`~vaehelpers.store.run_bytes` each) and ``report_bytes`` of report; the sum
-    where both are on one filesystem. Raises :class:`~vaehelpers.files.NotWritable` in one sentence; returns
-    the number of runs still to train."""
-    dev = resolve_device(device)
+    the runs not yet trained (:func:`~vaehelpers.store.run_bytes` each; a config of precision "auto" is trained
+    where a run of its settings exists in either) and ``report_bytes`` of report; the sum where both are on one
+    filesystem. Raises :class:`~vaehelpers.files.NotWritable` in one sentence; returns the number of runs still
+    to train."""
     with warnings.catch_warnings():  # the data's skip and conversion lines were said by check_report
         warnings.simplefilter("ignore")
         data = configs[0].load_images()
-    todo = [cfg for cfg in configs if not (runs_dir / replace(cfg, precision=resolve_precision(cfg.precision, dev))
-                                           .run_name(data.key) / "checkpoint.pt").exists()]
+    def trained(cfg: RunConfig) -> bool:
+        found = existing_precisions(cfg, runs_dir, data.key)
+        return bool(found) if cfg.precision == "auto" else cfg.precision in found
+
+    todo = [cfg for cfg in configs if not trained(cfg)]
     runs_need = sum(run_bytes(cfg, len(data)) for cfg in todo)
     runs_what = f"the {len(todo)} run{'s' if len(todo) != 1 else ''} still to train"
     ensure_writable(runs_dir, runs_what)

@@ -10,7 +10,6 @@ uninterrupted one. A loss that stops being finite stops the run with
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -20,17 +19,20 @@ import time
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .board import Board, recorded_steps
+from .cache import default_cache_dir
 from .data import ImageSet, batches, split_indices
 from .decode import to_uint8
 from .files import NotWritable, ensure_writable, locked, torch_save_atomic, write_atomic
 from .model import ConvVAE
-from .objective import VAELoss, bits_per_dim, vae_loss
+from .objective import bits_per_dim, vae_loss
+from .speed import Choice, choose_step, cpu_has_native_bf16
+from .step import Terms, adam, batch_terms, compiled_terms, compiler_missing, train_step, training_rate  # noqa: F401
 from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt
 
 
@@ -42,22 +44,6 @@ class TrainingDiverged(RuntimeError):
 
 
 _clock = time.monotonic  # when the run's files were last written (replaced in tests)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), not by emulation."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "fp32"]:
-    """``"auto"``: bf16 autocast on CUDA GPUs and on CPUs with native bf16, fp32 elsewhere (MPS included)."""
-    if precision != "auto":
-        return precision  # type: ignore[return-value]
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
 
 
 class EmulatedBf16(UserWarning):
@@ -83,25 +69,6 @@ def _emulation_rates(base_channels: int, image_size: int, latent_dim: int, batch
                                image_size=image_size, latent_dim=latent_dim) for p in ("fp32", "bf16"))
 
 
-def training_rate(device: torch.device, base_channels: int, precision: str, batch_size: int = 100,
-                  steps: int = 20, warmup: int = 3, image_size: int = 64, latent_dim: int = 20) -> float:
-    """Training images per second of the ConvVAE (forward, backward, Adam step) on random images."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = ConvVAE(latent_dim, image_size, base_channels).to(device, memory_format=torch.channels_last)
-        x = torch.rand(batch_size, 3, image_size, image_size, device=device)
-        optimizer = adam(model, lr=1e-4)
-        for step in range(steps + warmup):
-            if step == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            train_step(model, optimizer, x, 1.0, precision=precision)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - started)
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
     if device == "auto":
@@ -114,14 +81,6 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-def autocast(device: torch.device, precision: str):
-    """The context of a training step's forward pass: bf16 autocast (convolutions and linear layers in
-    bf16, weights, gradients and the optimiser in fp32), or nothing for fp32. The losses cast to fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -154,31 +113,13 @@ def reconstruct(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- training
 
 
-def adam(model: ConvVAE, lr: float) -> torch.optim.Adam:
-    """Adam with its fused kernel (one pass over all parameters per step) where the device has one."""
-    device = next(model.parameters()).device
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
-
-
-def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float,
-               likelihood: str = "fixed", precision: str = "fp32", generator: torch.Generator | None = None) -> VAELoss:
-    """One optimiser step on a float batch in [0, 1]. The batch goes in channels-last order, which the
-    convolutions of oneDNN (CPU) and cuDNN run faster, in bf16 most of all."""
-    x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(x.device, precision):
-        x_hat, mu, logvar = model(x, generator)
-    loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)
-    optimizer.zero_grad(set_to_none=True)
-    loss.objective.backward()
-    optimizer.step()
-    return loss
-
-
 def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
                  shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm,
-                 epoch: int) -> tuple[dict[str, float], list[float]]:
+                 epoch: int, compiled: Terms | None = None) -> tuple[dict[str, float], list[float]]:
     """One pass over the shuffled training images; returns the terms' means over the epoch, and the objectives
     of the mini-batches :func:`~vaehelpers.board.recorded_steps` names (kept on the device until the epoch ends).
+    ``compiled``: the compiled terms (:func:`~vaehelpers.step.compiled_terms`), for full batches; an epoch's
+    shorter last batch runs eagerly rather than compile a second graph for one step.
 
     Raises :class:`TrainingDiverged` at the end of an epoch in which a step's objective was not
     finite (found on the device, so that no step waits for it).
@@ -190,7 +131,8 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     first_bad = torch.full((), len(steps) + 1, device=device)  # the first step whose objective was not finite
     recorded, kept = set(recorded_steps(len(steps))), []
     for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
-        loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen)
+        terms = compiled if compiled is not None and len(x) == cfg.batch_size else batch_terms
+        loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen, terms)
         if step in recorded:
             kept.append(loss.objective.detach())
         first_bad = torch.where(torch.isfinite(loss.objective), first_bad, torch.minimum(first_bad, steps[step]))
@@ -224,6 +166,38 @@ def check_split(data: ImageSet, cfg: RunConfig) -> tuple[torch.Tensor, torch.Ten
     return train_idx, val_idx
 
 
+def existing_precisions(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> list[str]:
+    """The precisions in which a run of ``cfg``'s other settings has a checkpoint under ``runs_dir``."""
+    return [p for p in ("bf16", "fp32")
+            if (Path(runs_dir) / replace(cfg, precision=p).run_name(data_key) / "checkpoint.pt").exists()]
+
+
+def existing_run(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> RunConfig:
+    """``cfg`` with precision "auto" taken as the precision of the one run of its settings under ``runs_dir``
+    (finished or interrupted), wherever that was decided; else ``cfg`` as it is."""
+    found = existing_precisions(cfg, runs_dir, data_key) if cfg.precision == "auto" else []
+    return replace(cfg, precision=found[0]) if len(found) == 1 else cfg
+
+
+def decide(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str | os.PathLike,
+           cache_dir: str | os.PathLike | None = None, compiled: bool | None = None) -> Choice:
+    """How ``cfg`` trains on ``device`` here: the one decision a command makes and passes down.
+
+    With precision "auto", a run of these settings already under ``runs_dir`` keeps the precision it was started
+    in (:func:`existing_run`), so that no run trains twice because two machines or commands would choose
+    differently; the rest :func:`~vaehelpers.speed.choose_step` measures (once per machine and shape).
+    """
+    if compiled and compiler_missing(device):
+        raise ValueError(f"compiled = True asks for torch.compile, but {compiler_missing(device)} is here: "
+                         "install one (e.g. apt-get install g++) or leave compiled unset.")
+    train_images = len(check_split(data, cfg)[0])
+    settled = existing_run(cfg, runs_dir, data.key)
+    choice = choose_step(settled, device, train_images, cache_dir, compiled)
+    if settled is cfg:
+        return choice
+    return replace(choice, why=f"the run exists in {settled.precision}; {choice.why}")
+
+
 def fit(
     cfg: RunConfig | None = None,
     *,
@@ -234,6 +208,7 @@ def fit(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint_every: float = 30.0,
     events: bool = True,
+    compiled: bool | None = None,
     **settings,
 ) -> Run:
     """Train one VAE setting, or reuse/resume the run with the same settings.
@@ -246,26 +221,40 @@ def fit(
     ``checkpoint_every``: the least number of seconds between two writes of the run's files
     (0: after every epoch); the last epoch is always written.
     ``events``: write TensorBoard events into the run's folder while it trains (:mod:`vaehelpers.board`).
+    ``precision="auto"`` and ``compiled=None`` (compile the step where it pays) are decided by :func:`decide`;
+    whether the step was compiled is not part of the run's identity (it changes only the rounding).
     """
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, dev))  # part of the run's identity
     data = cfg.load_images(cache_dir)
     check_split(data, cfg)
+    cfg = existing_run(cfg, runs_dir, data.key)
+    run_dir = Path(runs_dir) / cfg.run_name(data.key)
+    if cfg.precision != "auto" and (run_dir / "checkpoint.pt").exists():  # a finished run: reused, nothing measured
+        with locked(run_dir / ".lock", f"the run {run_dir}"):
+            done = load_run(run_dir)
+            if done.finished:
+                return done
+    choice = decide(cfg, dev, data, runs_dir, cache_dir, compiled)
+    cfg = replace(cfg, precision=choice.precision)  # part of the run's identity
     run_dir = Path(runs_dir) / cfg.run_name(data.key)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
     with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
             warn_if_emulated(cfg, dev)
-            _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every, events)
+            if progress:
+                print(f"training step: {choice.describe()}", flush=True)
+            _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every, events,
+                   compiled_terms(Path(cache_dir or default_cache_dir()) / "inductor") if choice.compiled else None)
         return done if done is not None and done.finished else load_run(run_dir)
 
 
 def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, done: Run | None,
            progress: bool | str, on_epoch_end: Callable[[int, dict[str, float]], None] | None,
-           checkpoint_every: float, events: bool) -> None:
-    """Train ``cfg`` into ``run_dir`` from scratch, or on from ``done``, the run's last checkpoint."""
+           checkpoint_every: float, events: bool, compiled: Terms | None = None) -> None:
+    """Train ``cfg`` into ``run_dir`` from scratch, or on from ``done``, the run's last checkpoint; ``compiled``:
+    the compiled terms for the step, or None for eager."""
     train_idx, val_idx = check_split(data, cfg)
     images = data.images.to(dev)
     train_images, val_images = images[train_idx.to(dev)], images[val_idx.to(dev)]
@@ -301,6 +290,7 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
             "model": model.hparams(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "device": str(dev),
+            "compiled": compiled is not None,  # the step compiled by torch.compile (at the start; a resume may differ)
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
         }
         write_atomic(run_dir / "config.json", json.dumps(info, indent=1).encode())
@@ -316,7 +306,8 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
-            train, step_objectives = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch)
+            train, step_objectives = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch,
+                                                  compiled)
             val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
             if not all(math.isfinite(v) for v in val.values()):  # a step that left the weights non-finite
                 raise TrainingDiverged(_diverged(cfg, f"after the last step of epoch {epoch}"))
