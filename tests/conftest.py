@@ -10,9 +10,23 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 FIXED_RATES = {"fp32": 1000.0, "bf16": 500.0, "fp32 compiled": 1100.0, "bf16 compiled": 550.0}
-"""What the speed probe "measures" in tests that are not about it: fp32 faster, as on a CPU without native bf16,
-so that ``precision="auto"`` resolves alike on every machine and in every test (a tiny model's measured rates
-are noise). Tests marked ``real_probe`` (tests/test_speed.py) measure for real."""
+"""What the speed probe "measures" in this process in tests that are not about it: fp32 faster, as on a CPU
+without native bf16, so that ``precision="auto"`` resolves alike on every machine (a tiny model's measured
+rates are noise). Tests marked ``real_probe`` (tests/test_speed.py) measure for real, and so do the processes a
+test starts itself where they decide (notebook kernels given precision "auto", Slurm tasks)."""
+
+
+def fixed_rates(rates: dict, compile_s: float = 2.0):
+    """A stand-in for :func:`vaehelpers.speed.measure` that "measures" ``rates``."""
+    from vaehelpers import speed
+
+    def measure(device, shape, candidates, cache_dir, rounds=3, seconds=0.5):
+        probe = speed.Probe(speed.probe_key(device, shape))
+        probe.rates.update({c: rates[c] for c in candidates if c in rates})
+        probe.compile_s.update({c.split()[0]: compile_s for c in candidates if "compiled" in c})
+        return probe
+
+    return measure
 
 
 @pytest.fixture(autouse=True)
@@ -21,13 +35,7 @@ def _fixed_speed_probe(request, monkeypatch):
         return
     from vaehelpers import speed
 
-    def measure(device, shape, candidates, cache_dir, rounds=3, seconds=0.5, probe=None):
-        probe = probe or speed.Probe(speed.probe_key(device, shape))
-        probe.rates.update({c: FIXED_RATES[c] for c in candidates})
-        probe.compile_s.update({c.split()[0]: 2.0 for c in candidates if "compiled" in c})
-        return probe
-
-    monkeypatch.setattr(speed, "measure", measure)
+    monkeypatch.setattr(speed, "measure", fixed_rates(FIXED_RATES))
 
 
 TINY = ["--data", "builtin:150", "--epochs", "2", "--base-channels", "8", "--latent-dim", "4", "--batch-size", "50"]

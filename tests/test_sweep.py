@@ -90,7 +90,7 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
     printed = capfd.readouterr().out
     assert re.search(r"== plan: 8 runs \(KL weights 1, 100, 0; seed 0, and seed 1 of weight 1; latent sizes 4, 6\); "
                      r"0 finished, 8 to train here, 2 at a time with 1 thread each; training step fp32 \(1,000 "
-                     r"images/s, .*, 1 thread, base 8, .*\); so about \d+ min\.", printed)
+                     r"images/s.*, 1 thread, base 8, .*\); so about \d+ min\.", printed)
     assert "[run-kl1-z6-seed1] kl_weight=1 epoch 2/2" in printed  # each worker's lines name their run
     assert {"run-kl1.ipynb", "run-kl1-seed1.ipynb", "run-kl0-z6.ipynb", "run-kl1-z6-seed1.ipynb"} <= {
         p.name for p in out.iterdir()}

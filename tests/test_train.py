@@ -8,6 +8,8 @@ from vaehelpers.data import load_images, split_indices
 from vaehelpers.store import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, key_epochs, load_run
 from vaehelpers.train import evaluate, fit
 
+from conftest import fixed_rates
+
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
 
@@ -112,24 +114,11 @@ def test_auto_precision_is_the_probes_choice_and_bf16_only_where_the_cpu_has_it(
     from vaehelpers import speed
 
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(speed, "measure", _rates({"fp32": 500.0, "bf16": 1000.0}))  # bf16 2x faster where it is native
+    monkeypatch.setattr(speed, "measure", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))  # bf16 2x faster where native
     expected = "bf16" if native else "fp32"
     run = fit(runs_dir=tmp_path, progress=False, device="cpu", **dict(TINY, epochs=1))
     assert run.config.precision == expected and f"_{expected}_" in run.dir.name
     assert json.loads((run.dir / "config.json").read_text())["config"]["precision"] == expected
-
-
-def _rates(rates):
-    """A stand-in for the speed probe's measurement that "measures" ``rates``."""
-    from vaehelpers import speed
-
-    def measure(device, shape, candidates, cache_dir, rounds=3, seconds=0.5, probe=None):
-        probe = probe or speed.Probe(speed.probe_key(device, shape))
-        probe.rates.update({c: rates[c] for c in candidates if c in rates})
-        probe.compile_s.update({c.split()[0]: 2.0 for c in candidates if "compiled" in c})
-        return probe
-
-    return measure
 
 
 def test_precision_is_part_of_the_run_identity(tmp_path):

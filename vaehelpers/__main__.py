@@ -22,11 +22,8 @@ from papermill.exceptions import PapermillExecutionError
 
 from .build import build_report
 from .files import NotWritable, explain
-from .params import REPORT_WEIGHTS, SETTINGS, ParameterError
+from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
 from .sweep import SlurmOptions, SweepFailed
-
-ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "base_channels": 32}
-"""The reference report's settings, used when --data is given."""
 
 CLI_SETTINGS = {
     "data": "image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)",
@@ -37,16 +34,6 @@ CLI_SETTINGS = {
                  "bf16 on CUDA)",
 }
 """The run settings (RunConfig fields) the report command takes as options, with their help."""
-
-QUICK = {"data": "builtin:6000", "epochs": 16, "lr": 1e-3, "batch_size": 50, "latent_dim": 20, "base_channels": 16}
-"""The default without --data: the built-in faces, sized so that the whole report (six runs) fits in minutes on
-a 2-core CPU. lr 1e-3 instead of the assignment's 1e-4, which learns too little in so few epochs; batch 50, whose
-twice as many steps reconstruct better in less time than 20 epochs of batch 100 (README, "Budget and speed")."""
-
-QUICK_EXTRA_SEEDS = (1, 2)
-"""With the quick budget, two more seeds of weight 1, trained beside the other runs by the local executor, give
-even the quick report its seed spread (README, "Sweeps")."""
-
 
 def _whole_numbers(option: str, example: str, none: bool = False):
     def parse(text: str) -> list[int]:

@@ -77,7 +77,7 @@ def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[
     run): what ``auto`` chooses (the recorded speed probe, :func:`~vaehelpers.speed.choose_step`), and every
     candidate of {fp32, bf16} × {eager, compiled} measured afresh side by side over five rounds, so that the
     choice can be checked against the fastest for the shape's run, its compile included."""
-    from .__main__ import ASSIGNMENT, QUICK
+    from .params import ASSIGNMENT, QUICK
     from .cache import default_cache_dir
     from .speed import Shape, choose_step, measure, precisions_here
     from .step import compiler_missing
@@ -136,7 +136,7 @@ def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
 
     from .objective import vae_loss
     from .store import RunConfig
-    from .step import compiled_terms
+    from .step import compiled_encode_decode
     from .train import _train_epoch, adam, build_model, decide
 
     dev = resolve_device(device)
@@ -174,13 +174,13 @@ def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
             model = build_model(cfg).to(dev, memory_format=torch.channels_last)
             optimizer = adam(model, cfg.lr)
             images = data.images.to(dev)
-            terms = compiled_terms(Path(tmp) / "cache" / "inductor") if choice.compiled else None
+            passes = compiled_encode_decode(Path(tmp) / "cache" / "inductor") if choice.compiled else None
             seconds = []
             shuffle, noise = torch.Generator().manual_seed(0), torch.Generator(device=dev).manual_seed(0)
             for epoch in (1, 2):
                 started = time.perf_counter()
                 with tqdm(disable=True) as bar:
-                    _train_epoch(model, optimizer, images, cfg, shuffle, noise, bar, epoch, terms)
+                    _train_epoch(model, optimizer, images, cfg, shuffle, noise, bar, epoch, passes)
                 seconds.append(time.perf_counter() - started)
             ours = len(images) / seconds[1]
             lines.append(f"base_channels={channels}, batch {batch}, {torch.get_num_threads()} threads, {n_images:,} PNG "

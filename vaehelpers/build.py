@@ -23,7 +23,7 @@ from .step import training_rate
 from .store import RunConfig
 from .sweep import (NOTEBOOKS, Executor, RunSpec, SlurmOptions, Sweep, SweepFailed, Task, estimate_seconds, execute_notebook,
                     local_workers, run_local, run_slurm, show_notebook_output, up_to_date)
-from .train import decide, resolve_device
+from .train import decide, finished_run, resolve_device
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -68,18 +68,26 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
                                 latent_dim=spec.latent_dim, **settings) for spec in specs}
     main = configs[specs[0]]
-    if executor == "local":
-        auto_workers, auto_threads = local_workers(len(specs), main.base_channels, main.image_size, device)
-        workers = min(workers or auto_workers, len(specs))
-        threads = threads or (auto_threads if workers > 1 else 0)
     dev = resolve_device(device)  # checked by check_report; resolved once, here
-    choices = decide_all(configs, dev, runs_path, threads or 0, compiled) if executor == "local" else {}
+    data_key = main.load_images().key
+    training = [spec for spec in specs if finished_run(configs[spec], runs_path, data_key) is None]
+    asked_workers = workers
+    if executor == "local":  # the threads each run will train with, for the decision below
+        auto_workers, auto_threads = local_workers(max(1, len(training)), main.base_channels, main.image_size, device)
+        workers = min(asked_workers or auto_workers, max(1, len(training)))
+        threads = threads or (auto_threads if workers > 1 else 0)
+    try:
+        choices = decide_all(configs, dev, runs_path, threads or 0, compiled) if executor == "local" else {}
+    except ValueError as e:  # compiled asked for where no compiler is
+        raise ParameterError(str(e)) from None
     configs = {spec: replace(cfg, precision=choices[spec].precision) if choices else cfg
                for spec, cfg in configs.items()}
     check_space(list(configs.values()), runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
     common = dict(settings, device=device, runs_dir=str(runs_path))
     common.update({} if checkpoint_every is None else {"checkpoint_every": float(checkpoint_every)})
     decided = {spec: {"precision": c.precision, "compiled": c.compiled} for spec, c in choices.items()}
+    if executor == "slurm" and compiled is not None:  # else each task decides on its node
+        decided = {spec: {"compiled": compiled} for spec in specs}
     tasks = [Task(spec, out / sweep.notebook_name(spec),
                   dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
                        latent_dim=spec.latent_dim, **decided.get(spec, {})), notebooks / "run.ipynb")
@@ -91,8 +99,11 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
         if t not in todo:
             print(f"== {t.spec.label}: {t.out} is up to date", flush=True)
     show_notebook_output()
-    if executor == "local":
-        workers = min(workers or 1, max(1, len(todo)))
+    if executor == "local" and todo and not training:  # notebooks to execute again, nothing to train: at once
+        auto_workers, auto_threads = local_workers(len(todo), main.base_channels, main.image_size, device)
+        workers = min(asked_workers or auto_workers, len(todo))
+        threads = auto_threads if workers > 1 else 0
+    todo_choice = next((choices[t.spec] for t in todo if t.spec in training), None)
     todo_choice = next((choices[t.spec] for t in todo if t.spec in choices), None)
     print(plan(sweep, tasks, todo, main, executor, workers or 1, threads or 0, dev, todo_choice), flush=True)
     if todo:

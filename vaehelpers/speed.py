@@ -1,28 +1,30 @@
 """The fastest way to train on the machine at hand: the precision and a compiled step, chosen by measurement.
 
 ``precision="auto"`` and ``compiled=None`` are decided here, once per machine and model shape: a short probe
-times a few training steps of the run's own model on the device for each candidate — fp32, and bf16 where
-the device does it natively; each eager and, where a compiler is present and the run is long enough for it to
-matter, compiled by ``torch.compile`` (:mod:`vaehelpers.step`) — and the rates are recorded in the cache
+times a few training steps of the run's own model on the device — fp32, and bf16 where the device does it
+natively, eagerly; then, where a compiler is present and the run is long enough for it to matter, the chosen
+precision compiled by ``torch.compile`` (:mod:`vaehelpers.step`) — and the rates are recorded in the cache
 folder, keyed by the CPU model or GPU name, PyTorch's version, the threads and the model's shape. A later
-command reuses the record, so that measurement noise never flips the choice between two commands (the
-precision is part of a run's name) and the probe's cost is paid once.
+command reuses the record, and a rate once recorded is never measured again, so that noise never flips the
+choice between two commands (the precision is part of a run's name) and the probe's cost is paid once.
 
-The rule (:meth:`Probe.choose`): a run's expected time is its images over the measured rate, plus, compiled,
-the compile time a new process pays with the kernels cached. bf16 is chosen on a CPU only where it trains the
-run at least ``BF16_GAIN`` times faster than fp32, since it reaches a slightly worse −ELBO; on a CUDA GPU
-wherever it is supported; never on Apple MPS. The faster of eager and compiled is used for that precision.
+The rule (:meth:`Probe.choose`): the precision from the eager rates — bf16 on a CPU only where it trains at
+least ``BF16_GAIN`` times faster than fp32, since it reaches a slightly worse −ELBO; on a CUDA GPU wherever it
+is supported; never on Apple MPS — so that it never depends on the run's length or on the compile. Then the
+step is compiled where the run's images at the compiled rate, plus what a new process pays to compile (timed
+in a new process, with the kernels cached), take less time than eagerly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +34,7 @@ from typing import Literal
 import torch
 
 from .files import locked, write_atomic
-from .step import batch_terms, compiled_terms, compiler_missing, model_for_timing, timed_steps
+from .step import compiled_encode_decode, compiler_missing, encode_decode, model_for_timing, timed_steps
 
 Precision = Literal["bf16", "fp32"]
 BF16_GAIN = 1.15
@@ -104,8 +106,7 @@ class Choice:
 @dataclass
 class Probe:
     """Measured training rates (images/s) of one shape on one machine, by candidate ("fp32", "bf16 compiled"),
-    and the seconds a compile costs a new process with its kernels cached, by precision (with "import": the part
-    that imports the compiler)."""
+    and the seconds a compile costs a new process with its kernels cached, by precision."""
 
     key: dict
     rates: dict[str, float] = field(default_factory=dict)
@@ -120,50 +121,38 @@ class Probe:
 
     def choose(self, images: float, device: torch.device, precision: str = "auto",
                compiled: bool | None = None) -> Choice:
-        """The fastest candidate for a run of ``images`` training images, within what the caller fixed."""
-        precisions = [p for p in self.key["precisions"] if precision in ("auto", p)] or [precision]
-        best: dict[str, str] = {}
-        for p in precisions:
-            options = [c for c in (p, f"{p} compiled") if c in self.rates and (compiled is None or
-                                                                              compiled == ("compiled" in c))]
-            if options:
-                best[p] = min(options, key=lambda c: self.seconds(c, images))
-        if not best:  # what the caller fixed was not measured (e.g. compiled where no compiler is)
-            p = precisions[0]
-            return Choice(p, bool(compiled), "as asked; not measured here")  # type: ignore[arg-type]
+        """The precision (``precision``, or from the eager rates where "auto") and eager or compiled (``compiled``,
+        or the faster over a run of ``images`` training images), with the reasons in one phrase."""
+        other = {"fp32": "bf16", "bf16": "fp32"}
         if precision != "auto":
-            chosen = best[precision]
-        elif device.type == "cuda" and "bf16" in best:
-            chosen = best["bf16"]
-        elif "bf16" in best and self.seconds(best["fp32"], images) >= BF16_GAIN * self.seconds(best["bf16"], images):
-            chosen = best["bf16"]
+            p, why = precision, [f"{precision} as asked"]
+        elif "bf16" not in self.rates:
+            p, why = "fp32", [f"{self.rates['fp32']:,.0f} images/s, eager; no native bf16 here"]
         else:
-            chosen = best["fp32"]
-        return Choice(chosen.split()[0], "compiled" in chosen, self.why(chosen, best, images, device),  # type: ignore
-                      self.rates[chosen])
-
-    def why(self, chosen: str, best: dict[str, str], images: float, device: torch.device) -> str:
-        """What the choice rests on: the rates measured, the compile's cost, the rule."""
-        where = "this GPU" if device.type == "cuda" else f"this {device.type.upper()}"
-        parts = [f"{self.rates[chosen]:,.0f} images/s"]
-        other_precision = [best[p] for p in best if p != chosen.split()[0]]
-        parts += [f"against {self.rates[c]:,.0f} in {c}" for c in other_precision]
-        eager, compiled = chosen.split()[0], f"{chosen.split()[0]} compiled"
-        if "compiled" in chosen:
-            parts.append(f"{self.rates[eager]:,.0f} eager; the compile costs a run {self.compile_s[eager]:.1f} s")
-        elif compiled in self.rates:
-            parts.append(f"eager: {self.rates[compiled]:,.0f} compiled does not repay its "
-                         f"{self.compile_s[eager]:.1f} s compile over the run's {images:,.0f} images")
+            fast = self.rates["bf16"] >= BF16_GAIN * self.rates["fp32"] or device.type == "cuda"
+            p = "bf16" if fast else "fp32"
+            rule = "bf16 on CUDA where supported" if device.type == "cuda" else f"bf16 only where {BF16_GAIN:g}x faster"
+            why = [f"{self.rates[p]:,.0f} images/s against {self.rates[other[p]]:,.0f} in {other[p]}, eager ({rule})"]
+        c = f"{p} compiled"
+        if compiled is not None:
+            use = compiled
+            why.append(f"{'compiled' if compiled else 'eager'} as asked")
+        elif c in self.rates:
+            use = self.seconds(c, images) < self.seconds(p, images)
+            why.append(f"{'compiled' if use else 'eager'}: compiled {self.rates[c]:,.0f} images/s after a "
+                       f"{self.compile_s[p]:.1f} s compile {'repays' if use else 'does not repay'} it over the run's "
+                       f"{images:,.0f} images")
         elif self.no_compile:
-            parts.append(f"eager: {self.no_compile}")
+            use = False
+            why.append(f"eager: {self.no_compile}")
         else:
-            parts.append(f"eager: a run of {images / self.rates[chosen]:.0f} s is too short for a compile to pay")
-        note = ""
-        if chosen.startswith("fp32") and "bf16" in best and device.type != "cuda":
-            note = f"; bf16 is chosen only where at least {BF16_GAIN:g}x faster"
+            use = False
+            why.append(f"eager: a run of {images / self.rates[p]:.0f} s is too short for a compile to pay"
+                       if p in self.rates else "eager")
         threads = self.key["threads"]
-        return (", ".join(parts) + f" on {where} ({self.key['device']}, {threads} thread{'s' if threads > 1 else ''},"
-                f" {self.key['shape']}){note}")
+        where = f"{'GPU' if device.type == 'cuda' else device.type.upper()} {self.key['device']}"
+        return Choice(p, use, "; ".join(why) + f" (on this {where}, {threads} thread{'s' if threads > 1 else ''}, "  # type: ignore[arg-type]
+                      f"{self.key['shape']})", self.rates.get(c if use else p, 0.0))
 
 
 def probe_key(device: torch.device, shape: Shape) -> dict:
@@ -173,49 +162,61 @@ def probe_key(device: torch.device, shape: Shape) -> dict:
 
 
 def measure(device: torch.device, shape: Shape, candidates: list[str], cache_dir: Path, rounds: int = 3,
-            seconds: float = 0.5, probe: Probe | None = None) -> Probe:
+            seconds: float = 0.5) -> Probe:
     """Time each candidate ("fp32", "bf16 compiled", ...) on the shape's model, interleaved over ``rounds`` rounds
-    of about ``seconds`` each (the median kept), into ``probe`` (a new one by default)."""
-    probe = probe or Probe(probe_key(device, shape))
+    of about ``seconds`` each (the median kept); a compiled candidate's compile is timed in a new process."""
+    probe = Probe(probe_key(device, shape))
     setups = {}
     for candidate in candidates:
         precision = candidate.split()[0]
         model, optimizer, x = model_for_timing(device, shape.base_channels, shape.image_size, shape.latent_dim,
                                                shape.batch_size)
-        timed_steps(model, optimizer, x, precision, 2)  # warm-up: oneDNN's kernels chosen, memory allocated
-        step_s = timed_steps(model, optimizer, x, precision, 1)
-        terms = None
+        passes = encode_decode
         if "compiled" in candidate:
             try:
-                terms = _compile(model, optimizer, x, precision, step_s, cache_dir, probe)
+                passes = compiled_encode_decode(cache_dir)
+                timed_steps(model, optimizer, x, precision, 2, passes)  # compiles, and caches the kernels
+                probe.compile_s[precision] = _new_process_compile_s(device, shape, precision, cache_dir)
             except Exception as e:  # noqa: BLE001 - a compiler that fails here: eager, and the reason said
-                probe.no_compile = f"torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                probe.no_compile = f"torch.compile failed here ({type(e).__name__}: {str(e).strip()[:160]})"
                 continue
-        steps = max(2, math.ceil(seconds / max(step_s, 1e-4)))
-        setups[candidate] = (model, optimizer, x, precision, terms or batch_terms, steps)
+        timed_steps(model, optimizer, x, precision, 2, passes)  # warm-up: kernels chosen, memory allocated
+        step_s = timed_steps(model, optimizer, x, precision, 1, passes)
+        setups[candidate] = (model, optimizer, x, precision, passes, max(2, math.ceil(seconds / max(step_s, 1e-4))))
     samples: dict[str, list[float]] = {c: [] for c in setups}
     for _ in range(rounds):
-        for candidate, (model, optimizer, x, precision, terms, steps) in setups.items():
-            samples[candidate].append(steps * len(x) / timed_steps(model, optimizer, x, precision, steps, terms))
+        for candidate, (model, optimizer, x, precision, passes, steps) in setups.items():
+            samples[candidate].append(steps * len(x) / timed_steps(model, optimizer, x, precision, steps, passes))
     probe.rates.update({c: statistics.median(s) for c, s in samples.items()})
     probe.measured = time.strftime("%Y-%m-%d %H:%M:%S")
     return probe
 
 
-def _compile(model, optimizer, x, precision: str, step_s: float, cache_dir: Path, probe: Probe):
-    """Compile the step for ``precision`` and time what a new process pays for it once the kernels are cached:
-    importing the compiler (timed where this process has not imported it yet) and compiling again from the cache."""
-    if "torch._inductor.compile_fx" not in sys.modules:
-        started = time.perf_counter()
-        importlib.import_module("torch._inductor.compile_fx")  # what a new process imports at its first compile
+_NEW_PROCESS = """
+import sys, time, torch
+from vaehelpers.step import compiled_encode_decode, model_for_timing, timed_steps
+device, precision, cache = torch.device(sys.argv[1]), sys.argv[2], sys.argv[3]
+base, size, latent, batch, threads = map(int, sys.argv[4:9])
+torch.set_num_threads(threads)
+model, optimizer, x = model_for_timing(device, base, size, latent, batch)
+timed_steps(model, optimizer, x, precision, 2)
+eager = timed_steps(model, optimizer, x, precision, 3) / 3
+passes = compiled_encode_decode(cache)
+print(timed_steps(model, optimizer, x, precision, 1, passes) - eager)
+"""
 
-        probe.compile_s["import"] = time.perf_counter() - started
-    terms = compiled_terms(cache_dir)
-    timed_steps(model, optimizer, x, precision, 2, terms)  # compiles, or loads the cached kernels
-    torch._dynamo.reset()  # forget the compiled code in this process; the cache on disk stays
-    again = timed_steps(model, optimizer, x, precision, 1, terms)
-    probe.compile_s[precision] = probe.compile_s.get("import", 0.0) + max(0.0, again - step_s)
-    return terms
+
+def _new_process_compile_s(device: torch.device, shape: Shape, precision: str, cache_dir: Path) -> float:
+    """Seconds a new process (a run's notebook) adds to its first compiled step, the kernels being cached: importing
+    the compiler, tracing, loading the kernels. Raises RuntimeError with the process's last line if it fails."""
+    args = [str(device), precision, str(cache_dir), *map(str, (shape.base_channels, shape.image_size,
+                                                            shape.latent_dim, shape.batch_size,
+                                                            torch.get_num_threads()))]
+    done = subprocess.run([sys.executable, "-c", _NEW_PROCESS, *args], capture_output=True, text=True, timeout=900)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"a new process could not compile: {lines[-1] if lines else done.returncode}")
+    return max(0.0, float(done.stdout.strip().splitlines()[-1]))
 
 
 def choose_step(cfg, device: torch.device, train_images: int, cache_dir: str | os.PathLike | None = None,
@@ -229,39 +230,63 @@ def choose_step(cfg, device: torch.device, train_images: int, cache_dir: str | o
     if device.type not in ("cpu", "cuda"):
         return Choice("fp32" if cfg.precision == "auto" else cfg.precision, False,
                       f"{device.type}: fp32 and eager, nothing measured")
-    if cfg.precision != "auto" and compiled is not None:
-        return Choice(cfg.precision, compiled, "as asked")
     shape, cache = Shape.of(cfg), Path(cache_dir or default_cache_dir())
     key = probe_key(device, shape)
+    if cfg.precision != "auto" and (compiled is not None or cfg.precision not in key["precisions"]):
+        native = cfg.precision in key["precisions"]
+        return Choice(cfg.precision, bool(compiled), "as asked" + ("" if native else f"; {cfg.precision} is not "
+                                                                   "native here, not measured"))
     record = cache / "speed" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
-    with locked(cache / "speed" / ".lock", "the training-speed probe"):  # two probes at once would time each other
+    with _locked_if_writable(cache / "speed" / ".lock"):  # two probes at once would time each other
         probe = _read(record, key)
-        precisions = [p for p in key["precisions"] if cfg.precision in ("auto", p)] or [cfg.precision]
-        changed = [p for p in precisions if p not in probe.rates]
-        if changed:
-            measure(device, shape, changed, cache / "inductor", probe=probe)
-        eager_s = min(images / probe.rates[p] for p in precisions)
-        if compiled is not False and key["compiler"] and probe.no_compile is None and eager_s >= COMPILE_WORTH_S:
-            wanted = [f"{p} compiled" for p in precisions if f"{p} compiled" not in probe.rates]
-            if wanted:  # measured again with the eager candidates, side by side
-                measure(device, shape, list(precisions) + wanted, cache / "inductor", probe=probe)
-                changed += wanted
+        precisions = [p for p in key["precisions"] if cfg.precision in ("auto", p)]
+        missing = [p for p in precisions if p not in probe.rates]
+        changed = _keep_new(probe, measure(device, shape, missing, cache / "inductor")) if missing else False
+        p = probe.choose(images, device, cfg.precision, compiled=False).precision  # from the eager rates
+        if compiled is not False and f"{p} compiled" not in probe.rates and key["compiler"] and \
+                probe.no_compile is None and images / probe.rates[p] >= COMPILE_WORTH_S:
+            # the chosen precision compiled, side by side with its eager step; only the new rate is kept
+            changed = _keep_new(probe, measure(device, shape, [p, f"{p} compiled"], cache / "inductor")) or changed
         if changed:
             try:
                 write_atomic(record, json.dumps(asdict(probe), indent=1).encode())
             except OSError:
                 pass  # a cache that cannot be written: the choice holds for this command, and is measured again
-        if compiled is None and not key["compiler"]:
+        if not key["compiler"]:
             probe.no_compile = compiler_missing(device)
+        elif probe.no_compile and not changed:
+            probe.no_compile += f" (recorded in {record}: delete it to try again)"
         return probe.choose(images, device, cfg.precision, compiled)
+
+
+def _keep_new(probe: Probe, measured: Probe) -> bool:
+    """Add ``measured``'s rates that ``probe`` lacks (a recorded rate is never replaced); whether anything was added."""
+    new = {c: r for c, r in measured.rates.items() if c not in probe.rates}
+    probe.rates.update(new)
+    probe.compile_s.update({p: s for p, s in measured.compile_s.items() if p not in probe.compile_s})
+    probe.no_compile = probe.no_compile or measured.no_compile
+    probe.measured = measured.measured
+    return bool(new) or measured.no_compile is not None
+
+
+def _locked_if_writable(lock_file: Path):
+    """The probe's lock, or none where the cache folder cannot be written (then nothing is recorded either)."""
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_file, "a"):
+            pass
+    except OSError:
+        return contextlib.nullcontext()
+    return locked(lock_file, "the training-speed probe")
 
 
 def _read(record: Path, key: dict) -> Probe:
     """The recorded probe for ``key``, or a new empty one (a damaged or foreign record is measured again)."""
     try:
-        data = json.loads(record.read_text())
-        if data.get("key") == key:
-            return Probe(**data)
-    except (OSError, ValueError, TypeError):
+        probe = Probe(**json.loads(record.read_text()))
+        if probe.key == key and all(isinstance(r, float) and r > 0 for r in probe.rates.values()) \
+                and all(isinstance(s, float) for s in probe.compile_s.values()):
+            return probe
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
     return Probe(key)

@@ -1,10 +1,12 @@
 """One training step: forward in the chosen precision, the losses in fp32, backward, fused Adam.
 
-The forward pass and the losses of a batch (:func:`batch_terms`) take the reparameterisation noise as an
-argument, drawn outside, so that the same function runs eagerly or compiled by ``torch.compile``
-(TorchInductor: one graph for the forward and, through AOTAutograd, one for the backward). Both draw the
-same noise from the same generator, so a compiled run differs from an eager one only by the rounding of
-the fused kernels. Which of the two runs, and in which precision, :mod:`vaehelpers.speed` decides.
+The model's pass over a batch (:func:`encode_decode`) takes the reparameterisation noise as an argument,
+drawn outside, so that the same function runs eagerly or compiled by ``torch.compile`` (TorchInductor: one
+graph for the forward pass and, through AOTAutograd, one for the backward). Both draw the same noise from the
+same generator, so a compiled run differs from an eager one only by the rounding of the fused kernels. The
+compiled graph depends on the model's shape and the precision alone, not on the KL weight or the likelihood
+(the losses stay eager), so one compile serves every run of a report. Which of the two runs, and in which
+precision, :mod:`vaehelpers.speed` decides.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from .model import ConvVAE
 from .objective import VAELoss, vae_loss
 
-Terms = Callable[..., VAELoss]
+EncodeDecode = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def autocast(device: torch.device, precision: str):
@@ -37,13 +39,13 @@ def adam(model: ConvVAE, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
-def batch_terms(model: ConvVAE, x: torch.Tensor, eps: torch.Tensor, kl_weight: float, likelihood: str,
-                precision: str) -> VAELoss:
-    """The objective's terms of one float batch for the noise ``eps`` (B×latent_dim): z = μ + σ·ε, decoded."""
+def encode_decode(model: ConvVAE, x: torch.Tensor, eps: torch.Tensor,
+                  precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reconstruction, μ, log σ²) of a float batch for the noise ``eps`` (B×latent_dim): z = μ + σ·ε, decoded,
+    under the precision's autocast."""
     with autocast(x.device, precision):
         mu, logvar = model.encode(x)
-        x_hat = model.decode(model.reparameterize(mu, logvar, eps=eps))
-    return vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)  # type: ignore[arg-type]
+        return model.decode(model.reparameterize(mu, logvar, eps=eps)), mu, logvar
 
 
 def noise(x: torch.Tensor, latent_dim: int, precision: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -55,12 +57,13 @@ def noise(x: torch.Tensor, latent_dim: int, precision: str, generator: torch.Gen
 
 def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float,
                likelihood: str = "fixed", precision: str = "fp32", generator: torch.Generator | None = None,
-               terms: Terms = batch_terms) -> VAELoss:
-    """One optimiser step on a float batch in [0, 1]; ``terms``: :func:`batch_terms` or its compiled form
-    (:func:`compiled_terms`). The batch goes in channels-last order, which the convolutions of oneDNN (CPU)
-    and cuDNN run faster, in bf16 most of all."""
+               passes: EncodeDecode = encode_decode) -> VAELoss:
+    """One optimiser step on a float batch in [0, 1]; ``passes``: :func:`encode_decode` or its compiled form
+    (:func:`compiled_encode_decode`). The batch goes in channels-last order, which the convolutions of oneDNN
+    (CPU) and cuDNN run faster, in bf16 most of all."""
     x = x.contiguous(memory_format=torch.channels_last)
-    loss = terms(model, x, noise(x, model.latent_dim, precision, generator), kl_weight, likelihood, precision)
+    x_hat, mu, logvar = passes(model, x, noise(x, model.latent_dim, precision, generator), precision)
+    loss = vae_loss(x, x_hat, mu, logvar, kl_weight, likelihood)  # type: ignore[arg-type]
     optimizer.zero_grad(set_to_none=True)
     loss.objective.backward()
     optimizer.step()
@@ -82,13 +85,21 @@ def compiler_missing(device: torch.device) -> str | None:
     return f"torch.compile is not used on {device.type}"
 
 
-def compiled_terms(cache_dir: os.PathLike | str) -> Terms:
-    """:func:`batch_terms` compiled by TorchInductor, its kernels cached under ``cache_dir`` (unless
-    ``TORCHINDUCTOR_CACHE_DIR`` says otherwise), so that a second process loads them in seconds."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
-    return torch.compile(batch_terms, dynamic=False)
+def use_kernel_cache(cache_dir: os.PathLike | str) -> None:
+    """Keep TorchInductor's compiled kernels under ``cache_dir``, so that a second process loads them in seconds,
+    unless ``TORCHINDUCTOR_CACHE_DIR`` names another folder than TorchInductor's default (which importing parts
+    of PyTorch writes there). TorchInductor reads the variable at each use, and processes started later inherit it."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
 
 
+def compiled_encode_decode(cache_dir: os.PathLike | str) -> EncodeDecode:
+    """:func:`encode_decode` compiled by TorchInductor, its kernels cached under ``cache_dir``."""
+    use_kernel_cache(cache_dir)
+    return torch.compile(encode_decode, dynamic=False)
 
 
 # ---------------------------------------------------------------- timing
@@ -110,12 +121,12 @@ def model_for_timing(device: torch.device, base_channels: int, image_size: int, 
 
 
 def timed_steps(model: ConvVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, precision: str, steps: int,
-                terms: Terms = batch_terms) -> float:
+                passes: EncodeDecode = encode_decode) -> float:
     """Seconds for ``steps`` training steps on the batch ``x`` (the device waited for at both ends)."""
     synchronize(x.device)
     started = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, x, 1.0, precision=precision, terms=terms)
+        train_step(model, optimizer, x, 1.0, precision=precision, passes=passes)
     synchronize(x.device)
     return time.perf_counter() - started
 

@@ -72,7 +72,7 @@ class RunConfig:
     panel_size: int = 8  # validation images reconstructed at each snapshot
     prior_samples: int = 32  # fixed prior codes decoded at each snapshot
     likelihood: Likelihood = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": see resolve_precision
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": measured, see vaehelpers.speed
 
     def __post_init__(self) -> None:
         checks = [

@@ -32,7 +32,8 @@ from .files import NotWritable, ensure_writable, locked, torch_save_atomic, writ
 from .model import ConvVAE
 from .objective import bits_per_dim, vae_loss
 from .speed import Choice, choose_step, cpu_has_native_bf16
-from .step import Terms, adam, batch_terms, compiled_terms, compiler_missing, train_step, training_rate  # noqa: F401
+from .step import (EncodeDecode, adam, compiled_encode_decode, compiler_missing, encode_decode, train_step,  # noqa: F401
+                   training_rate)
 from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt
 
 
@@ -115,10 +116,10 @@ def reconstruct(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
 
 def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
                  shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm,
-                 epoch: int, compiled: Terms | None = None) -> tuple[dict[str, float], list[float]]:
+                 epoch: int, compiled: EncodeDecode | None = None) -> tuple[dict[str, float], list[float]]:
     """One pass over the shuffled training images; returns the terms' means over the epoch, and the objectives
     of the mini-batches :func:`~vaehelpers.board.recorded_steps` names (kept on the device until the epoch ends).
-    ``compiled``: the compiled terms (:func:`~vaehelpers.step.compiled_terms`), for full batches; an epoch's
+    ``compiled``: the compiled pass (:func:`~vaehelpers.step.compiled_encode_decode`), for full batches; an epoch's
     shorter last batch runs eagerly rather than compile a second graph for one step.
 
     Raises :class:`TrainingDiverged` at the end of an epoch in which a step's objective was not
@@ -131,8 +132,8 @@ def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch
     first_bad = torch.full((), len(steps) + 1, device=device)  # the first step whose objective was not finite
     recorded, kept = set(recorded_steps(len(steps))), []
     for step, x in enumerate(batches(images, cfg.batch_size, shuffle=True, generator=shuffle_gen)):
-        terms = compiled if compiled is not None and len(x) == cfg.batch_size else batch_terms
-        loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen, terms)
+        passes = compiled if compiled is not None and len(x) == cfg.batch_size else encode_decode
+        loss = train_step(model, optimizer, x, cfg.kl_weight, cfg.likelihood, cfg.precision, noise_gen, passes)
         if step in recorded:
             kept.append(loss.objective.detach())
         first_bad = torch.where(torch.isfinite(loss.objective), first_bad, torch.minimum(first_bad, steps[step]))
@@ -173,24 +174,47 @@ def existing_precisions(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: s
 
 
 def existing_run(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> RunConfig:
-    """``cfg`` with precision "auto" taken as the precision of the one run of its settings under ``runs_dir``
-    (finished or interrupted), wherever that was decided; else ``cfg`` as it is."""
+    """``cfg`` with precision "auto" taken as the precision of a run of its settings under ``runs_dir``, wherever
+    that was decided: the one there is (finished or interrupted), or of two the finished one; else ``cfg``."""
     found = existing_precisions(cfg, runs_dir, data_key) if cfg.precision == "auto" else []
+    if len(found) == 2:
+        found = [p for p in found if _finished(Path(runs_dir) / replace(cfg, precision=p).run_name(data_key))]
     return replace(cfg, precision=found[0]) if len(found) == 1 else cfg
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (one not there, or damaged, is not)."""
+    try:
+        return load_run(run_dir).finished
+    except (OSError, ValueError):  # no checkpoint yet; RunDamaged
+        return False
+
+
+def finished_run(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> Run | None:
+    """The finished run of ``cfg``'s settings under ``runs_dir`` (:func:`existing_run`), or None."""
+    settled = existing_run(cfg, runs_dir, data_key)
+    run_dir = Path(runs_dir) / settled.run_name(data_key)
+    if settled.precision == "auto" or not _finished(run_dir):
+        return None
+    return load_run(run_dir)
 
 
 def decide(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str | os.PathLike,
            cache_dir: str | os.PathLike | None = None, compiled: bool | None = None) -> Choice:
     """How ``cfg`` trains on ``device`` here: the one decision a command makes and passes down.
 
-    With precision "auto", a run of these settings already under ``runs_dir`` keeps the precision it was started
-    in (:func:`existing_run`), so that no run trains twice because two machines or commands would choose
-    differently; the rest :func:`~vaehelpers.speed.choose_step` measures (once per machine and shape).
+    A finished run is as it was trained. With precision "auto", a run of these settings already under ``runs_dir``
+    keeps the precision it was started in (:func:`existing_run`), so that no run trains twice because two
+    machines or commands would choose differently; the rest :func:`~vaehelpers.speed.choose_step` measures (once
+    per machine and shape). Raises ``ValueError`` where ``compiled`` is True and no compiler is here.
     """
     if compiled and compiler_missing(device):
         raise ValueError(f"compiled = True asks for torch.compile, but {compiler_missing(device)} is here: "
                          "install one (e.g. apt-get install g++) or leave compiled unset.")
     train_images = len(check_split(data, cfg)[0])
+    done = finished_run(cfg, runs_dir, data.key)
+    if done is not None:  # nothing to train, nothing to measure: as it was trained
+        return Choice(done.config.precision, bool(done.info.get("compiled", False)), "the run is finished")  # type: ignore
     settled = existing_run(cfg, runs_dir, data.key)
     choice = choose_step(settled, device, train_images, cache_dir, compiled)
     if settled is cfg:
@@ -243,18 +267,24 @@ def fit(
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
             warn_if_emulated(cfg, dev)
+            if done is not None and compiled is None and done.info.get("compiled", False) != choice.compiled:
+                # a resume keeps the step its run started with (runs from before compiling: eager), so that it
+                # ends with the history of an uninterrupted run, where the compiler is still here
+                compiled_before = done.info.get("compiled", False) and compiler_missing(dev) is None
+                choice = replace(choice, compiled=compiled_before, why=f"as the run started; {choice.why}")
             if progress:
                 print(f"training step: {choice.describe()}", flush=True)
+            kernels = Path(cache_dir or default_cache_dir()) / "inductor"
             _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every, events,
-                   compiled_terms(Path(cache_dir or default_cache_dir()) / "inductor") if choice.compiled else None)
+                   compiled_encode_decode(kernels) if choice.compiled else None)
         return done if done is not None and done.finished else load_run(run_dir)
 
 
 def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, done: Run | None,
            progress: bool | str, on_epoch_end: Callable[[int, dict[str, float]], None] | None,
-           checkpoint_every: float, events: bool, compiled: Terms | None = None) -> None:
+           checkpoint_every: float, events: bool, compiled: EncodeDecode | None = None) -> None:
     """Train ``cfg`` into ``run_dir`` from scratch, or on from ``done``, the run's last checkpoint; ``compiled``:
-    the compiled terms for the step, or None for eager."""
+    the compiled pass for the step, or None for eager."""
     train_idx, val_idx = check_split(data, cfg)
     images = data.images.to(dev)
     train_images, val_images = images[train_idx.to(dev)], images[val_idx.to(dev)]
