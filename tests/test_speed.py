@@ -3,8 +3,8 @@ choice is recorded and stable, that a compiled run matches an eager one and resu
 
 import json
 import os
+import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +214,16 @@ def test_compile_asked_for_without_a_compiler_is_one_sentence(tmp_path, monkeypa
     assert err == ("error: compiled = True asks for torch.compile, but no C++ compiler (no-such-compiler) for "
                    "TorchInductor's CPU kernels is here: install one (e.g. apt-get install g++) or leave compiled unset.")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing trained
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: TorchInductor cannot compile CPU kernels here")
+def test_the_bench_compares_a_compiled_run_with_the_eager_one(tmp_path):
+    from vaehelpers.bench import compare_compiled
+
+    settings = {k: v for k, v in TINY.items() if k != "epochs"} | {"epochs": 2}
+    lines = compare_compiled(settings, "cpu", str(tmp_path))
+    assert lines[0].startswith("KL weight 1, data builtin:120") and len(lines) == 3
+    for line, precision in zip(lines[1:], ("fp32", "bf16")):
+        assert re.fullmatch(rf"{precision}: largest relative difference \d\.\d\de[-+]\d\d \(\w+, epoch [12]\); final "
+                            r"validation -ELBO [\d,.]+ eager, [\d,.]+ compiled \([+-]\d\.\d{3} %\)", line), line
+    assert {"eager", "compiled"} <= {p.name for p in tmp_path.iterdir()}  # beside the test's cache folder

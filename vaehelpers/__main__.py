@@ -172,14 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--images", type=int, default=21551, help="size of the folder and .npz used to time loading")
     bench.add_argument("--compare-precision", action="store_true",
                        help="instead: train the quick budget's weight-1 run in fp32 and in bf16, compare the results")
+    bench.add_argument("--compare-compiled", action="store_true",
+                       help="instead: train the quick budget's weight-1 run eagerly and compiled, in fp32 and bf16, compare")
     bench.add_argument("--events", action="store_true",
                        help="instead: what writing TensorBoard events costs on the quick budget's weight-1 run")
     bench.add_argument("--homework", action="store_true",
                        help="instead: this project's training against the usual homework loop (ImageFolder, DataLoader, "
                        "plain Adam) on 5,000 PNG faces, base channels 16 and 32")
-    bench.add_argument("--data", help="with --compare-precision: another data source for the quick budget")
-    bench.add_argument("--epochs", type=int, help="with --compare-precision: another number of epochs")
-    bench.add_argument("--runs-dir", default="runs", help="with --compare-precision: where the two runs go")
+    bench.add_argument("--data", help="with --compare-precision/--compare-compiled: another data source for the quick budget")
+    bench.add_argument("--epochs", type=int, help="with --compare-precision/--compare-compiled: another number of epochs")
+    bench.add_argument("--runs-dir", default="runs", help="with --compare-precision/--compare-compiled: where the runs go")
     board = sub.add_parser("board", help="TensorBoard on the runs folder: curves, images and the HParams table")
     board.add_argument("--runs-dir", default="runs")
     board.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
@@ -194,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         return 0
     if args.command == "bench":
-        from .bench import (bench_explore, bench_homework, bench_loading, bench_training, compare_events,
-                            compare_precision)
+        from .bench import (bench_explore, bench_homework, bench_loading, bench_training, compare_compiled,
+                            compare_events, compare_precision)
 
         quick = {**QUICK, **{k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}}
         lines = (compare_precision(quick, args.device, args.runs_dir) if args.compare_precision else
+                 compare_compiled(quick, args.device, args.runs_dir) if args.compare_compiled else
                  compare_events(quick, args.device) if args.events else
                  bench_homework(args.device) if args.homework else
                  bench_training(args.device) + bench_explore() + bench_loading(args.images))

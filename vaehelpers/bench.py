@@ -211,6 +211,26 @@ def compare_precision(settings: dict, device: str = "auto", runs_dir: str = "run
             f"bf16 - fp32: -ELBO {100 * (e16 - e32) / e32:+.3f} %, PSNR {p16 - p32:+.2f} dB, time {t16 / t32:.2f}x"]
 
 
+def compare_compiled(settings: dict, device: str = "auto", runs_dir: str = "runs") -> list[str]:
+    """Train one setting (KL weight 1) eagerly and compiled, in fp32 and in bf16 (each in its own runs folder, reusing
+    finished runs), and compare the histories: the largest relative difference of any term in any epoch, and the
+    final validation −ELBO."""
+    from .store import RunConfig
+    from .train import fit
+
+    lines = [f"KL weight 1, {', '.join(f'{k} {v}' for k, v in settings.items())}, on {resolve_device(device)}:"]
+    for precision in ("fp32", "bf16"):
+        cfg = RunConfig(**dict(settings, kl_weight=1.0, precision=precision))
+        eager, compiled = (fit(cfg, runs_dir=Path(runs_dir) / name, device=device, compiled=name == "compiled",
+                               progress=False) for name in ("eager", "compiled"))
+        worst = max((abs(compiled.history[k][i] - v) / abs(v), k, i + 1) for k, values in eager.history.items()
+                    if k not in ("epoch", "seconds", "peak_gpu_mib") for i, v in enumerate(values) if v)
+        e, c = eager.history["val_neg_elbo"][-1], compiled.history["val_neg_elbo"][-1]
+        lines.append(f"{precision}: largest relative difference {worst[0]:.2e} ({worst[1]}, epoch {worst[2]}); final "
+                     f"validation -ELBO {e:,.2f} eager, {c:,.2f} compiled ({100 * (c - e) / e:+.3f} %)")
+    return lines
+
+
 def compare_events(settings: dict, device: str = "auto") -> list[str]:
     """What writing TensorBoard events costs: the quick budget's weight-1 run trained without and with them,
     side by side (each in a fresh temporary runs folder), and the writing alone, timed by replaying every call
