@@ -103,7 +103,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
         auto_workers, auto_threads = local_workers(len(todo), main.base_channels, main.image_size, device)
         workers = min(asked_workers or auto_workers, len(todo))
         threads = auto_threads if workers > 1 else 0
-    todo_choice = next((choices[t.spec] for t in todo if t.spec in training), None)
+    todo_choice = next((choices[t.spec] for t in todo if t.spec in training and t.spec in choices), None)
     todo_choice = next((choices[t.spec] for t in todo if t.spec in choices), None)
     print(plan(sweep, tasks, todo, main, executor, workers or 1, threads or 0, dev, todo_choice), flush=True)
     if todo:
