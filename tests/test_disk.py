@@ -95,7 +95,8 @@ def test_a_write_to_a_full_disk_says_so_and_leaves_the_old_file_and_no_temporary
 def test_training_on_a_full_disk_stops_in_one_sentence_and_resumes_once_there_is_room(tmp_path, mounts):
     disk = mounts(tmp_path / "disk", "size=8m")
     filler = _fill(disk, leave=3_000_000)  # room for config.json and the first snapshots, not for every file
-    with pytest.raises(NotWritable, match=rf"^Not enough space in {disk}/builtin150_kl1.* for \S+: .* needed, .* free; "
+    with pytest.raises(NotWritable, match=rf"^Not enough space in {disk}/builtin150_kl1.* for (\S+: .* needed, |the "
+                                          r"TensorBoard events: ).* free; "
                                           r"free some space there .* \(Run \S+ then resumes (from the start|after epoch \d, its last complete "
                                           r"checkpoint)\.\)$"):
         fit(RunConfig(**TINY_RUN), runs_dir=disk, progress=False, checkpoint_every=0)
@@ -131,6 +132,34 @@ def test_a_disk_that_fills_mid_run_keeps_the_last_checkpoint_and_the_rerun_ends_
     assert timeless(resumed.history) == timeless(reference.history)
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
                                                  reference.model.state_dict().values()))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's thread dies of it
+def test_a_full_disk_met_by_the_events_writer_is_the_same_one_sentence_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """The events are written by TensorBoard's background thread, which hands its error to the next call: a full
+    disk there is told like any other (CI once met it first on a nearly full tmpfs, as a raw OSError from close)."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    reference = fit(RunConfig(**TINY_RUN), runs_dir=tmp_path / "reference", progress=False, checkpoint_every=0)
+    full, real_write = [], RecordWriter.write
+
+    def write(self, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(RecordWriter, "write", write)
+    runs = tmp_path / "runs"
+    with pytest.raises(NotWritable, match=r"^Not enough space in \S+ for the TensorBoard events: [\d.,]+ \S+ free; .* "
+                                          r"\(Run \S+ then resumes after epoch 2, its last complete checkpoint\.\)$"):
+        fit(RunConfig(**TINY_RUN), runs_dir=runs, progress=False, checkpoint_every=0,
+            on_epoch_end=lambda epoch, row: full.append(True) if epoch == 2 else None)  # the disk fills after epoch 2
+    (run_dir,) = runs.iterdir()
+    assert load_run(run_dir).epochs_done == 2 and _temporary_files(runs) == []
+    monkeypatch.undo()
+    resumed = fit(RunConfig(**TINY_RUN), runs_dir=runs, progress=False, checkpoint_every=0)
+    timeless = lambda history: {k: v for k, v in history.items() if k not in ("seconds", "peak_gpu_mib")}  # noqa: E731
+    assert timeless(resumed.history) == timeless(reference.history)
 
 
 def test_the_report_refuses_before_training_when_its_runs_cannot_fit(tmp_path, mounts, capsys):

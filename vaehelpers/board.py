@@ -23,12 +23,15 @@ time they are shown (:func:`write_missing`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid
 
+from .files import explain
 from .store import SPLITS, TERMS, Run, RunConfig
 
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -68,12 +71,13 @@ class Board:
                  snapshots: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.steps, self.cfg = steps, cfg
+        self.steps, self.cfg, self.dir = steps, cfg, run_dir
         done = len(history.get("epoch", []))
         fresh = done == 0 or not has_events(run_dir)
         # purge_step writes SessionLog.START: at 0 for a run's first events; at the first step trained again for a
         # resumed run, which makes TensorBoard drop what an interrupted process wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir), purge_step=0 if fresh else done * steps + 1, flush_secs=10)
+        with self._writing():
+            self.writer = SummaryWriter(str(run_dir), purge_step=0 if fresh else done * steps + 1, flush_secs=10)
         if fresh:
             self._hparams()
             for i in range(done):  # a run trained before its events were written: from its files
@@ -81,40 +85,61 @@ class Board:
             for epoch, shot in sorted(snapshots.get("epochs", {}).items()):
                 self.snapshot(epoch, snapshots["panel"], shot["recon"], shot["samples"])
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk or a read-only folder met by the writer (or by its background thread, which hands its error
+        to the next call) as the one-sentence :class:`~vaehelpers.files.NotWritable`."""
+        try:
+            yield
+        except OSError as e:
+            raise explain(e, self.dir, 0, "the TensorBoard events") from None
+
     def _hparams(self) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         values = {name: getattr(self.cfg, name) for name in HPARAMS}
         experiment, session_start, _ = hparams(values, {tag: 0.0 for tag in METRICS},
                                                {"likelihood": ["fixed", "sigma-vae"], "precision": ["bf16", "fp32"]})
-        for summary in (experiment, session_start):
-            self.writer.file_writer.add_summary(summary, 0)
+        with self._writing():
+            for summary in (experiment, session_start):
+                self.writer.file_writer.add_summary(summary, 0)
 
     def step_objectives(self, epoch: int, values: list[float]) -> None:
         """The recorded mini-batch objectives of ``epoch`` (:func:`recorded_steps`)."""
         first = (epoch - 1) * self.steps
-        for step, value in zip(recorded_steps(self.steps), values):
-            self.writer.add_scalar("train_steps/objective", value, first + step + 1)
+        with self._writing():
+            for step, value in zip(recorded_steps(self.steps), values):
+                self.writer.add_scalar("train_steps/objective", value, first + step + 1)
 
     def epoch(self, row: dict[str, float]) -> None:
         """One row of the history: the epoch's training and validation terms."""
         step = int(row["epoch"]) * self.steps
-        for split in SPLITS:
-            for term in TERMS:
-                self.writer.add_scalar(f"{split}/{term}", row[f"{split}_{term}"], step)
+        with self._writing():
+            for split in SPLITS:
+                for term in TERMS:
+                    self.writer.add_scalar(f"{split}/{term}", row[f"{split}_{term}"], step)
 
     def snapshot(self, epoch: int, panel: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor) -> None:
         """The reconstruction panel (uint8 images above their reconstructions) and the prior samples."""
         step = epoch * self.steps
-        self.writer.add_image("snapshots/reconstructions", make_grid(torch.cat([panel, recon]), nrow=len(panel)), step)
-        self.writer.add_image("snapshots/prior_samples", make_grid(samples, nrow=8), step)
+        with self._writing():
+            self.writer.add_image("snapshots/reconstructions", make_grid(torch.cat([panel, recon]), nrow=len(panel)), step)
+            self.writer.add_image("snapshots/prior_samples", make_grid(samples, nrow=8), step)
 
     def flush(self) -> None:
         """Write what is buffered; called with the run's other files, before its checkpoint."""
-        self.writer.flush()
+        with self._writing():
+            self.writer.flush()
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, quietly: bool = False) -> None:
+        """Write what is buffered and close the file. ``quietly``: where another error is already on its way (a
+        full disk met elsewhere), this one is dropped so that the first is the one told."""
+        try:
+            with self._writing():
+                self.writer.close()
+        except OSError:
+            if not quietly:
+                raise
 
 
 def _from_files(run: Run) -> None:

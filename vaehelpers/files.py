@@ -53,8 +53,9 @@ def free_bytes(folder: Path) -> int:
 
 
 def no_room(folder: Path, need: int, what: str) -> NotWritable:
-    """The error for a folder whose filesystem lacks ``need`` bytes for ``what``."""
-    return NotWritable(errno.ENOSPC, f"Not enough space in {folder} for {what}: {size_text(need)} needed, "
+    """The error for a folder whose filesystem lacks ``need`` bytes for ``what`` (0: a size not known)."""
+    needed = f"{size_text(need)} needed, " if need else ""
+    return NotWritable(errno.ENOSPC, f"Not enough space in {folder} for {what}: {needed}"
                                      f"{size_text(free_bytes(folder))} free; free some space there or choose another "
                                      "folder, then run the same command again.")
 

@@ -333,6 +333,7 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
     board = Board(run_dir, cfg, steps_per_epoch, history, snapshots) if events else None
+    completed = False
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
@@ -360,25 +361,25 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
                 if board is not None:
                     board.snapshot(epoch, snapshots["panel"], shot["recon"], shot["samples"])
             if epoch == cfg.epochs or _clock() - last_written >= checkpoint_every:
-                try:
-                    torch_save_atomic(run_dir / "snapshots.pt", snapshots)
-                    write_atomic(run_dir / "history.csv", history_csv(history))
-                    if board is not None:
-                        board.flush()  # the events of the epochs the checkpoint completes are on disk before it
-                    torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
-                        "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
-                    })
-                except NotWritable as e:  # a full disk: the last complete checkpoint stays, and the run resumes from it
-                    resumes = f"after epoch {written_epoch}, its last complete checkpoint" if written_epoch else "from the start"
-                    raise NotWritable(e.errno, f"{e} (Run {run_dir.name} then resumes {resumes}.)") from None
+                torch_save_atomic(run_dir / "snapshots.pt", snapshots)
+                write_atomic(run_dir / "history.csv", history_csv(history))
+                if board is not None:
+                    board.flush()  # the events of the epochs the checkpoint completes are on disk before it
+                torch_save_atomic(run_dir / "checkpoint.pt", {  # written last: it marks the epochs complete
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "shuffle_rng": shuffle_gen.get_state(), "noise_rng": noise_gen.get_state(),
+                })
                 last_written, written_epoch = _clock(), epoch
             if progress == "epochs":
                 print(f"kl_weight={cfg.kl_weight:g} epoch {epoch}/{cfg.epochs}: objective {row['train_objective']:.1f}, "
                       f"validation -ELBO {row['val_neg_elbo']:.1f} nats ({row['seconds']:.1f} s)", flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
+        completed = True
+    except NotWritable as e:  # a full disk (a file or the events): the last complete checkpoint stays, the run resumes from it
+        resumes = f"after epoch {written_epoch}, its last complete checkpoint" if written_epoch else "from the start"
+        raise NotWritable(e.errno, f"{e} (Run {run_dir.name} then resumes {resumes}.)") from None
     finally:
-        if board is not None:
-            board.close()
         bar.close()
+        if board is not None:
+            board.close(quietly=not completed)  # where an error is on its way, it is the one to tell
