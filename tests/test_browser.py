@@ -399,8 +399,9 @@ def test_tensorboard_shows_both_runs_curves_images_and_hparams_offline(browser, 
     assert "snapshots/reconstructions" in images["text"] and "snapshots/prior_samples" in images["text"]
     # 32-pixel images with make_grid's 2-pixel border, 8 a row: the panel above its reconstructions, 32 samples
     assert {(w, h) for w, h in images["images"] if w > 0} == {(8 * 34 + 2, 2 * 34 + 2), (8 * 34 + 2, 4 * 34 + 2)}
-    hparams = _dashboard(browser, f"{url}/#hparams", "hparams",
-                         lambda p: "kl_weight" in p["text"] and all(r in p["text"] for r in runs.values()))
+    hparams = _dashboard(browser, f"{url}/#hparams", "hparams",  # waits for the table's values, drawn after its header
+                         lambda p: "kl_weight" in p["text"] and all(r in p["text"] for r in runs.values())
+                         and " 0.0000 " in p["text"] and " 1.0000 " in p["text"])
     for column in ("kl_weight", "latent_dim", "likelihood", "precision", "seed", "val/neg_elbo", "measure/psnr_db"):
         assert column in hparams["text"], column
     assert " 0.0000 " in hparams["text"] and " 1.0000 " in hparams["text"]  # the two KL weights in the table
