@@ -65,8 +65,8 @@ def test_interrupted_cuda_run_resumes_to_the_same_history_within_bf16_tolerance(
 
 def test_evaluate_and_measure_run_on_cuda_agree_with_the_cpu(cuda_run):
     images = (torch.rand(50, 3, 32, 32) * 255).to(torch.uint8)
-    on_cpu = evaluate(cuda_run.model, images, 1.0)  # load_run gives the model on the CPU
-    on_gpu = evaluate(cuda_run.model.to("cuda"), images.to("cuda"), 1.0)
+    on_cpu = evaluate(cuda_run.model, images, 1.0, torch.Generator().manual_seed(0))  # load_run: the model on the CPU
+    on_gpu = evaluate(cuda_run.model.to("cuda"), images.to("cuda"), 1.0, torch.Generator("cuda").manual_seed(0))
     cuda_run.model.to("cpu")
     assert on_gpu["recon"] == pytest.approx(on_cpu["recon"], rel=0.05)  # different noise draws, same model
     measured = measure_run(cuda_run, device="cuda", k=8, iwae_images=20, mmd_images=20, probe_images=100)

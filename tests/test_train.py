@@ -5,7 +5,7 @@ import torch
 
 from vaehelpers import train
 from vaehelpers.data import load_images, split_indices
-from vaehelpers.store import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, key_epochs, load_run
+from vaehelpers.store import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, key_epochs, load_run, run_generator
 from vaehelpers.train import evaluate, fit
 
 from conftest import fixed_rates
@@ -136,7 +136,7 @@ def test_bf16_run_is_deterministic_and_validated_in_fp32(tmp_path):
     # The recorded validation terms are the fp32 evaluation of the bf16-trained weights.
     data = load_images(TINY["data"], TINY["image_size"])
     _, val_idx = split_indices(len(data), TINY["val_fraction"], 0)
-    val = evaluate(a.model, data.images[val_idx], 1.0, seed=0 + TINY["epochs"])
+    val = evaluate(a.model, data.images[val_idx], 1.0, run_generator(a.config, "validation", TINY["epochs"]))
     assert val["neg_elbo"] == pytest.approx(a.history["val_neg_elbo"][-1], rel=1e-6)
 
 
@@ -185,6 +185,53 @@ def test_a_run_written_before_data_seed_loads_with_the_data_its_seed_chose(tmp_p
     assert loaded.config.data_seed == 1 and loaded.config.run_name(loaded.data(tmp_path).key) == run.dir.name
     # a name the code before data_seed gave the quick report's run of KL weight 1 (builtin:6000, fp32)
     quick = RunConfig(data="builtin:6000", epochs=16, lr=1e-3, batch_size=50, latent_dim=20, base_channels=16,
-                      precision="fp32")
+                      precision="fp32", streams=1)
     assert quick.run_name(load_images(quick.data, 64, cache_dir=tmp_path).key) == \
         "builtin6000_kl1_z20_e16_seed0_fp32_7050221b"
+
+
+def test_every_random_stream_is_its_own_and_the_measurements_are_the_same_for_every_seed():
+    """Version 1 seeded its streams with offsets of the seed, so seed 0's snapshot codes were seed 1's initial
+    weights and its batches its noise; version 2 derives each from a SeedSequence, training streams from the seed,
+    measuring streams from data_seed alone."""
+    from vaehelpers.streams import MEASURING, TRAINING, stream_seed
+
+    assert stream_seed("prior_codes", 0, 0, version=1) == stream_seed("weights", 1, 0, version=1)  # the old overlap
+    assert stream_seed("batches", 3, 0, version=1) == stream_seed("noise", 3, 0, version=1)
+    training = [stream_seed(n, s, 0) for n in TRAINING for s in range(50)]
+    measuring = [stream_seed(n, 0, d, index=e) for n in MEASURING for d in range(3) for e in range(20)]
+    assert len(set(training + measuring)) == len(training) + len(measuring)  # no two streams share a seed
+    for name in MEASURING:
+        assert {stream_seed(name, s, 0, index=2) for s in range(5)} == {stream_seed(name, 0, 0, index=2)}
+    a, b = RunConfig(seed=0), RunConfig(seed=1)
+    draw = lambda cfg, name: torch.randn(8, generator=run_generator(cfg, name))  # noqa: E731
+    assert torch.equal(draw(a, "mmd_codes"), draw(b, "mmd_codes")) and torch.equal(draw(a, "iwae"), draw(b, "iwae"))
+    assert not torch.equal(draw(a, "noise"), draw(b, "noise")) and not torch.equal(draw(a, "batches"), draw(a, "noise"))
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+        RunConfig(seed=-1)
+
+
+def test_a_run_written_before_independent_streams_keeps_its_name_its_streams_and_resumes_exactly(tmp_path):
+    """config.json files written before the streams were independent have no "streams": loading one gives
+    version 1, which names the run as before, and an interrupted one resumes on the streams it started with."""
+    whole = fit(runs_dir=tmp_path / "whole", progress=False, streams=1, **TINY)
+    stop = TINY["epochs"] - 1
+    with pytest.raises(KeyboardInterrupt):
+        fit(runs_dir=tmp_path / "cut", progress=False, streams=1, checkpoint_every=0,
+            on_epoch_end=lambda epoch, row: _interrupt(epoch == stop), **TINY)
+    (cut,) = (tmp_path / "cut").iterdir()
+    info = json.loads((cut / "config.json").read_text())
+    del info["config"]["streams"]
+    (cut / "config.json").write_text(json.dumps(info))
+    loaded = load_run(cut)
+    assert loaded.config.streams == 1 and loaded.config.run_name(loaded.data(tmp_path).key) == cut.name == whole.dir.name
+    resumed = fit(loaded.config, runs_dir=tmp_path / "cut", progress=False)
+    assert _without_time(resumed.history) == _without_time(whole.history)
+    new = fit(runs_dir=tmp_path / "new", progress=False, **TINY)
+    assert new.config.streams == 2 and new.dir.name != whole.dir.name
+    assert _without_time(new.history) != _without_time(whole.history)
+
+
+def _interrupt(now: bool) -> None:
+    if now:
+        raise KeyboardInterrupt

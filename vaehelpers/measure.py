@@ -26,7 +26,7 @@ from .model import ConvVAE
 from .objective import calibrated_nll, kl_per_dim
 from .board import write_measurements
 from .files import locked, write_atomic
-from .store import Run
+from .store import Run, run_generator
 from .decode import to_uint8
 from .train import evaluate, reconstruct, resolve_device
 
@@ -68,13 +68,6 @@ def aggregate_kl(mu: torch.Tensor, logvar: torch.Tensor) -> float:
     return float(0.5 * (torch.trace(cov) + m @ m - len(m) - torch.logdet(cov)))
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """The mean and the sample standard deviation (n − 1; 0 for one value) of a measurement over seeds."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-
-
 def image_diversity(images: torch.Tensor) -> float:
     """Mean over pixels of the standard deviation across a set of uint8 images, on [0, 1]."""
     return float((images.float() / 255).std(dim=0).mean())
@@ -87,7 +80,7 @@ def sharpness(images: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def iwae_bound(model: ConvVAE, images: torch.Tensor, k: int = 64, variance: float = 0.5, seed: int = 0,
+def iwae_bound(model: ConvVAE, images: torch.Tensor, generator: torch.Generator, k: int = 64, variance: float = 0.5,
                batch_size: int = 16) -> torch.Tensor:
     """Importance-weighted bound on −log p(x) per image, in nats (Burda et al. 2016, eq. 8).
 
@@ -96,7 +89,6 @@ def iwae_bound(model: ConvVAE, images: torch.Tensor, k: int = 64, variance: floa
     """
     model.eval()
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
     bounds = []
     for x in batches(images.to(device), batch_size):
         mu, logvar = model.encode(x)
@@ -166,7 +158,7 @@ def traverse(model: ConvVAE, x: torch.Tensor, dims: list[int], values: list[floa
     return to_uint8(model.decode(codes))
 
 
-MEASUREMENT_VERSION = 2
+MEASUREMENT_VERSION = 3  # 3: every sampled value from data_seed's measuring streams, the same for every seed
 
 
 def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int = 256, probe_images: int = 2000,
@@ -192,15 +184,15 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
     val = data.images[val_idx]
     num_dims = val[0].numel()
 
-    terms = evaluate(model, val.to(dev), cfg.kl_weight, seed=cfg.seed, likelihood=cfg.likelihood)
+    terms = evaluate(model, val.to(dev), cfg.kl_weight, run_generator(cfg, "measure_noise", device=dev), cfg.likelihood)
     mu, logvar = encode_all(model, val)
     recon = torch.cat([to_uint8(reconstruct(model, x)) for x in batches(val.to(dev), 500)])
     mse_mu = float(((recon.float() - val.float()) / 255).pow(2).mean())
     calibrated_variance = terms["recon"] / num_dims
     variance = calibrated_variance if cfg.likelihood == "sigma-vae" else 0.5
-    iwae = iwae_bound(model, val[:iwae_images], k=k, variance=variance, seed=cfg.seed)
+    iwae = iwae_bound(model, val[:iwae_images], run_generator(cfg, "iwae", device=dev), k=k, variance=variance)
 
-    prior_z = torch.randn(min(mmd_images, len(val)), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    prior_z = torch.randn(min(mmd_images, len(val)), cfg.latent_dim, generator=run_generator(cfg, "mmd_codes"))
     prior_decoded = to_uint8(model.decode(prior_z.to(dev)))  # the same codes on any device
     real = val[:mmd_images]
 
@@ -241,7 +233,7 @@ def measure_run(run: Run, k: int = 64, iwae_images: int = 256, mmd_images: int =
         val_factors = {name: values[val_idx.numpy()] for name, values in data.factors.items()}
         result["probe_r2"] = factor_r2(mu_train, train_factors, mu, val_factors)
         # The same probe on a sampled z ~ q(z|x): what the decoder actually receives, noise included.
-        g = torch.Generator().manual_seed(cfg.seed + 3)
+        g = run_generator(cfg, "probe")
         z_train, z_val = ConvVAE.reparameterize(mu_train, logvar_train, g), ConvVAE.reparameterize(mu, logvar, g)
         result["probe_r2_sampled"] = factor_r2(z_train, train_factors, z_val, val_factors)
     result["seconds"] = time.perf_counter() - started

@@ -39,6 +39,7 @@ import torch
 from .data import ImageSet, load_images
 from .model import ConvVAE, VAEConfig
 from .objective import LIKELIHOODS, Likelihood
+from .streams import VERSION as STREAMS_VERSION, generator, stream_seed
 
 SPLITS = ("train", "val")
 TERMS = ("recon", "kl", "objective", "neg_elbo", "bits_per_dim")
@@ -65,7 +66,7 @@ class RunConfig:
     lr: float = 1e-4
     image_size: int = 64
     base_channels: int = 32
-    seed: int = 0  # the initial weights, the batch order and every sampled noise
+    seed: int = 0  # the initial weights, the batch order and the training noise (vaehelpers.streams)
     data_seed: int = 0  # the built-in face set and the held-out split: the same for every seed, so all runs hold out the same images
     val_fraction: float = 0.05
     snapshot_epochs: list[int] | None = None  # None: default_snapshot_epochs(epochs)
@@ -73,6 +74,7 @@ class RunConfig:
     prior_samples: int = 32  # fixed prior codes decoded at each snapshot
     likelihood: Likelihood = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": measured, see vaehelpers.speed
+    streams: int = STREAMS_VERSION  # the random streams: 2, independent (vaehelpers.streams); 1, runs trained before
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,6 +87,9 @@ class RunConfig:
             ("prior_samples", self.prior_samples >= 1, "at least 1"),
             ("likelihood", self.likelihood in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("seed", isinstance(self.seed, int) and self.seed >= 0, "a whole number >= 0"),
+            ("data_seed", isinstance(self.data_seed, int) and self.data_seed >= 0, "a whole number >= 0"),
+            ("streams", self.streams in (1, STREAMS_VERSION), f"1 or {STREAMS_VERSION}"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -106,6 +111,8 @@ class RunConfig:
         fields = asdict(self)
         if self.data_seed == self.seed:  # as runs were named when the seed chose the data too: their names stay
             del fields["data_seed"]
+        if self.streams == 1:  # as runs were named before their streams were independent: their names stay
+            del fields["streams"]
         text = json.dumps({**fields, "data_key": data_key}, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
@@ -139,8 +146,13 @@ class Setting(NamedTuple):
 def build_model(cfg: RunConfig) -> ConvVAE:
     """The run's model with its seeded initial weights (the random state elsewhere untouched)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(stream_seed("weights", cfg.seed, cfg.data_seed, version=cfg.streams))
         return ConvVAE(cfg.latent_dim, cfg.image_size, cfg.base_channels)
+
+
+def run_generator(cfg: RunConfig, name: str, index: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
+    """The run's random stream ``name`` (:mod:`vaehelpers.streams`) as a generator on ``device``."""
+    return generator(name, cfg.seed, cfg.data_seed, index, cfg.streams, device)
 
 
 def run_bytes(cfg: RunConfig, n_images: int) -> int:
@@ -278,8 +290,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"{run_dir} holds no completed epoch (no checkpoint.pt): train it with fit() first.")
     info = read_json(run_dir / "config.json")
     try:
-        # a config.json written before data_seed existed: the seed chose the data and the split
-        cfg = RunConfig(**{"data_seed": info["config"].get("seed", 0), **info["config"]})
+        # a config.json written before data_seed existed: the seed chose the data and the split; before streams
+        # existed: the streams of version 1
+        cfg = RunConfig(**{"data_seed": info["config"].get("seed", 0), "streams": 1, **info["config"]})
         if not {"val_indices", "train"} <= set(info["split"]) or "device" not in info or "data" not in info:
             raise KeyError("split, data or device")
     except (AttributeError, KeyError, TypeError, ValueError) as e:

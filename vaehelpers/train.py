@@ -34,7 +34,7 @@ from .objective import bits_per_dim, vae_loss
 from .speed import Choice, choose_step, cpu_has_native_bf16
 from .step import (EncodeDecode, adam, compiled_encode_decode, compiler_missing, encode_decode, train_step,  # noqa: F401
                    training_rate)
-from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt
+from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt, run_generator
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,13 +86,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def evaluate(
-    model: ConvVAE, images: torch.Tensor, kl_weight: float, batch_size: int = 1000, seed: int = 0,
-    likelihood: str = "fixed",
+    model: ConvVAE, images: torch.Tensor, kl_weight: float, generator: torch.Generator, likelihood: str = "fixed",
+    batch_size: int = 1000,
 ) -> dict[str, float]:
-    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image), computed in fp32
-    on the images' device, with one transfer of the results at the end."""
+    """Mean terms over a uint8 image set (nats per image, one z ~ q(z|x) per image, ε from ``generator``, on the
+    images' device), computed in fp32 there, with one transfer of the results at the end."""
     device = images.device
-    generator = torch.Generator(device=device).manual_seed(seed)
     sums = {k: torch.zeros((), device=device) for k in TERMS[:-1]}
     model.eval()
     for x in batches(images, batch_size):
@@ -290,12 +289,12 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     train_images, val_images = images[train_idx.to(dev)], images[val_idx.to(dev)]
     panel_idx = torch.arange(min(cfg.panel_size, len(val_idx)))
     panel = val_images[panel_idx.to(dev)]
-    prior_z = torch.randn(cfg.prior_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    prior_z = torch.randn(cfg.prior_samples, cfg.latent_dim, generator=run_generator(cfg, "prior_codes"))
 
     model = build_model(cfg).to(dev, memory_format=torch.channels_last)
     optimizer = adam(model, cfg.lr)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    shuffle_gen = run_generator(cfg, "batches")
+    noise_gen = run_generator(cfg, "noise", device=dev)
     history: dict[str, list[float]] = {c: [] for c in HISTORY_COLUMNS}
     snapshots = {"panel_val_indices": val_idx[panel_idx], "panel": panel.cpu(), "prior_z": prior_z, "epochs": {}}
     start_epoch = 0
@@ -339,7 +338,7 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
             started = time.perf_counter()
             train, step_objectives = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch,
                                                   compiled)
-            val = evaluate(model, val_images, cfg.kl_weight, seed=cfg.seed + epoch, likelihood=cfg.likelihood)
+            val = evaluate(model, val_images, cfg.kl_weight, run_generator(cfg, "validation", epoch, dev), cfg.likelihood)
             if not all(math.isfinite(v) for v in val.values()):  # a step that left the weights non-finite
                 raise TrainingDiverged(_diverged(cfg, f"after the last step of epoch {epoch}"))
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
