@@ -8,8 +8,9 @@ import pytest
 from vaehelpers.figures import learning_curve
 from vaehelpers.model import ConvVAE
 from vaehelpers.store import Setting
-from vaehelpers.text import (architecture_markdown, discussion_markdown, hyperparameters_markdown,
-                             preprocessing_markdown, probe_markdown, results_table, sigma_vae_markdown)
+from vaehelpers.stats import welch
+from vaehelpers.text import (Claims, architecture_markdown, comparison_coverage, discussion, hyperparameters_markdown,
+                             preprocessing_markdown, probe_markdown, results_table, sigma_vae_markdown, claims_markdown)
 
 PROBE = {"hair_hue": 0.9, "eye_size": 0.5}
 
@@ -23,14 +24,16 @@ def _measured(**changes) -> dict:
     return {**m, **changes}
 
 
-def _run(weight: float, likelihood: str = "fixed", curve=(7600.0, 7450.0, 7400.0, 7350.0)):
-    config = SimpleNamespace(latent_dim=20, kl_weight=weight, likelihood=likelihood)
-    return SimpleNamespace(config=config, history={"val_neg_elbo": list(curve)}, setting=Setting(likelihood, weight))
+def _seeds(base: dict, *offsets: float) -> list[dict]:
+    """One measurement dict per seed: ``base`` with every listed key moved by the seed's offset (relative)."""
+    return [{**base, **{k: base[k] * (1 + o) for k in NOISY}} for o in offsets]
 
 
-def _case(collapse=True, holes=True, best=1.0, probes=True):
-    weights = (1.0, 100.0, 0.0, 10.0)
-    runs = {w: _run(w) for w in weights}
+NOISY = ("distortion", "rate", "neg_elbo", "iwae_neg_log_px", "sharpness_ratio", "sample_diversity", "aggregate_kl", "mmd")
+TWO = (-0.01, 0.01)  # two seeds, 1 % either side: clear differences between settings are real
+
+
+def _case(collapse=True, holes=True, best=1.0, probes=True, offsets=TWO):
     m = {
         1.0: _measured(),
         100.0: _measured(rate=0.4 if collapse else 5.0, distortion=600.0, sample_diversity=0.05, sharpness_ratio=0.3),
@@ -38,57 +41,120 @@ def _case(collapse=True, holes=True, best=1.0, probes=True):
                        mmd=0.2 if holes else 0.021),
         10.0: _measured(rate=8.0, distortion=400.0),
     }
-    for w in weights:
-        m[w]["neg_elbo"] = 7300.0 if w == best else 7350.0 + w
+    for w in m:
+        m[w]["neg_elbo"] = 7000.0 if w == best else 7350.0 + w
+        m[w]["iwae_neg_log_px"] = m[w]["neg_elbo"] - 10
         if not probes:
             m[w]["probe_r2"] = m[w]["probe_r2_sampled"] = None
-    return runs, {Setting("fixed", w): v for w, v in m.items()}
+    by_seed = {Setting("fixed", w): _seeds(v, *(offsets if w != 10.0 else (0.0,))) for w, v in m.items()}
+    curves = {s: [[7600.0 * (1 + o), 7450.0, 7400.0, ms[i]["neg_elbo"]] for i, o in enumerate(offsets[:len(ms)])]
+              for s, ms in by_seed.items()}
+    return by_seed, curves
 
 
-def test_collapse_holes_and_the_bound_at_weight_1():
-    text = discussion_markdown(*_case())
+def _discuss(**case):
+    by_seed, curves = _case(**case)
+    return discussion(by_seed, curves, 20)
+
+
+def test_collapse_holes_and_the_bound_at_weight_1_where_the_seeds_show_them():
+    d = _discuss()
+    text = d.markdown
     assert "posterior collapse" in text and "which is the blur in the figures" in text
     assert "most codes drawn from the prior fall where the decoder was never trained" in text
-    assert "lowest for weight 1 (7,300.0 nats" in text and "only setting that optimises the bound itself. " in text
-    assert "falling in 3 of 3 epochs" in text and "nearly one average face" in text
-    assert "Reconstructions are better than at weight 1 (250.0 against 300.0)" in text
+    assert ("lowest mean at weight 1 (7,000.0 nats), against 7,350.0 at weight 0 (not shown by 2 seeds each); 7,360.0 at "
+            "weight 10 (one seed: not tested); 7,450.0 at weight 100 (a real difference at 95 %)") in text
+    # one setting not shown lower than weight 1: the expectation is not stated as met
+    assert "only setting that optimises the bound itself; its lowest mean is a real difference at 95 % against weight 100 only" in text
+    assert "went from 7,600.0 to 7,000.0 nats per image (a real difference at 95 %)" in text
+    assert "nearly one average face" in text
+    assert "Reconstructions are better than at weight 1 (250.0 against 300.0; a real difference at 95 %)" in text
+    assert "weights 0.1" not in text and "Weight 10 has one seed: not tested." in text
+    assert "rate 0 → 1 (a real difference at 95 %); rate 1 → 100 (a real difference at 95 %)" in text
 
 
-def test_no_collapse_no_holes_and_another_best_weight():
-    text = discussion_markdown(*_case(collapse=False, holes=False, best=10.0))
-    assert "posterior collapse" not in text and "KL to 5.00 nats (weight 1: 25.0). " in text
-    assert "never trained" not in text and "(weight 1: 0.020)." in text
-    assert "lowest for weight 10 (7,300.0 nats" in text and "the run was likely too short" in text
+def test_one_seed_everywhere_tests_nothing_and_interprets_nothing():
+    text = _discuss(offsets=(0.0,)).markdown
+    for finding in ("posterior collapse", "blur in the figures", "never trained", "nearly one average face",
+                    "That is expected", "better than", "a real difference", "not shown by"):
+        assert finding not in text
+    assert text.count("one seed: not tested") >= 10
+    assert "between neighbouring weights with several seeds: none (one seed: not tested)." in text
 
 
-def test_probe_sentences_and_table_only_where_factors_are_known():
-    runs, measurements = _case()
-    assert "What the codes keep" in discussion_markdown(runs, measurements)
-    table = probe_markdown(measurements)
-    assert "| hair_hue | 0.90 / 0.90 |" in table and "KL weight 10 |" not in table  # the assignment's three only
-    runs, measurements = _case(probes=False)
-    assert "What the codes keep" not in discussion_markdown(runs, measurements)
-    assert probe_markdown(measurements).startswith("*No probe")
+def test_the_discussion_quotes_the_mean_where_seed_0_would_say_otherwise():
+    """Seed 0 of weight 1 has the lowest −ELBO of all, the mean of its seeds does not: the text follows the means,
+    and a difference its seeds cannot show is worded as not shown."""
+    by_seed, curves = _case(best=0.0)
+    w1, w0 = Setting("fixed", 1.0), Setting("fixed", 0.0)
+    by_seed[w1][0]["neg_elbo"], by_seed[w1][1]["neg_elbo"] = 6900.0, 7200.0  # seed 0: 6,900; mean 7,050
+    by_seed[w0][0]["neg_elbo"], by_seed[w0][1]["neg_elbo"] = 6990.0, 7010.0  # mean 7,000
+    text = discussion(by_seed, curves, 20).markdown
+    assert "lowest mean at weight 0 (7,000.0 nats), against 7,050.0 at weight 1 (not shown by 2 seeds each)" in text
+    assert "6,900" not in text and "likely too short" not in text
+    assert "the seeds at hand do not show weight 0's mean to differ from it" in text
+
+
+def test_every_sentence_that_compares_carries_a_verdict():
+    for case in ({}, {"offsets": (0.0,)}, {"collapse": False, "holes": False, "best": 10.0}, {"probes": False}):
+        d = _discuss(**case)
+        compared, tested = comparison_coverage(d.markdown)
+        assert compared >= 8 and tested == compared, case
+    assert comparison_coverage("Weight 1 is lower than weight 0. It is blue.") == (1, 0)  # the count can fail
+
+
+def test_the_tests_list_gives_welchs_interval_and_counts_the_verdicts():
+    """Welch's t-test as SciPy computes it, checked against the Welch–Satterthwaite formulas."""
+    from scipy import stats
+
+    claims = Claims()
+    a, b = [10.0, 11.0, 12.5], [7.0, 9.0]
+    c = claims.said("rate, weight 1 against weight 0", a, b)
+    claims.said("rate, weight 10 against weight 0", [3.0], b)
+    va, vb = stats.tvar(a) / 3, stats.tvar(b) / 2
+    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)
+    half = stats.t.ppf(0.975, dof) * (va + vb) ** 0.5
+    assert c.dof == pytest.approx(dof) and c.interval == pytest.approx((c.difference - half, c.difference + half))
+    assert c.p_value == pytest.approx(2 * stats.t.sf(c.difference / (va + vb) ** 0.5, dof))
+    text = claims_markdown(claims)
+    assert text.startswith("The discussion above states 2 comparisons. Welch's t-test at 95 %: "
+                           f"{int(c.real)} real difference{'' if c.real else 's'}, {int(not c.real)} not shown by the "
+                           "seeds at hand, 1 not tested (1 with one seed of a setting, 0 with no spread over the seeds).")
+    assert f"- Rate, weight 1 against weight 0: 11.2 (n = 3) against 8 (n = 2), a difference of +3.17, 95 % interval " in text
+    assert "- Rate, weight 10 against weight 0: 3 (n = 1) against 8 (n = 2), a difference of −5: **one seed: not tested**." in text
+    assert welch([2.0, 2.0], [3.0, 3.0]).verdict == "no spread"
 
 
 def test_discussion_needs_the_assignment_weights():
-    runs, measurements = _case()
-    del runs[0.0]
+    by_seed, curves = _case()
+    del by_seed[Setting("fixed", 0.0)]
     with pytest.raises(ValueError, match="weight 0 is missing"):
-        discussion_markdown(runs, measurements)
+        discussion(by_seed, curves, 20)
+
+
+def test_probe_sentences_and_table_only_where_factors_are_known():
+    assert "What the codes keep" in _discuss().markdown
+    by_seed, _ = _case()
+    table = probe_markdown({s: ms[0] for s, ms in by_seed.items()})
+    assert "| hair_hue | 0.90 / 0.90 |" in table and "KL weight 10 |" not in table  # the assignment's three only
+    assert "What the codes keep" not in _discuss(probes=False).markdown
+    by_seed, _ = _case(probes=False)
+    assert probe_markdown({s: ms[0] for s, ms in by_seed.items()}).startswith("*No probe")
 
 
 def test_sigma_vae_comparison_present_or_not():
-    _, measurements = _case()
-    assert sigma_vae_markdown(measurements).startswith("*No σ-VAE run")
-    measurements[Setting("sigma-vae", 1.0)] = _measured(calibrated_sigma=0.1, neg_elbo=-5000.0, psnr_db=20.5)
-    text = sigma_vae_markdown(measurements)
+    by_seed, _ = _case()
+    assert sigma_vae_markdown(by_seed).startswith("*No σ-VAE run")
+    by_seed[Setting("sigma-vae", 1.0)] = [_measured(calibrated_sigma=0.1, neg_elbo=-5000.0, psnr_db=20.5)]
+    text = sigma_vae_markdown(by_seed)
     assert "settled at σ = 0.100: an effective KL weight of 2σ² = 0.020" in text
-    assert "-5,000.0 nats per image against 7,300.0" in text and "20.50 dB against 19.00 dB" in text
+    assert "-5,000.0 nats per image against 7,000.0 for the fixed decoder (one seed: not tested)" in text
+    assert "20.50 dB against 19.00 dB (one seed: not tested)" in text
 
 
 def test_results_table_has_a_column_per_setting_labelled_by_it():
-    _, measurements = _case()
+    by_seed, _ = _case()
+    measurements = {s: ms[0] for s, ms in by_seed.items()}
     measurements[Setting("sigma-vae", 1.0)] = _measured()
     header = results_table(measurements).splitlines()[0]
     assert header == ("| validation set, last epoch | KL weight 1 | KL weight 100 | KL weight 0 | KL weight 10 "

@@ -56,15 +56,15 @@ def test_a_sweep_runs_as_a_job_array_and_is_reported(cluster, tmp_path, capsys):
             "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    job = re.search(r"== submitted Slurm job (\d+): 4 tasks", printed).group(1)
-    assert "== Slurm" in printed and re.search(r"4 of 4 finished, 0 running, 0 pending", printed)
-    names = {"run-kl1.ipynb", "run-kl100.ipynb", "run-kl0.ipynb", "run-kl1-seed1.ipynb"}
+    job = re.search(r"== submitted Slurm job (\d+): 6 tasks", printed).group(1)
+    assert "== Slurm" in printed and re.search(r"6 of 6 finished, 0 running, 0 pending", printed)
+    names = {"run-kl1.ipynb", "run-kl100.ipynb", "run-kl0.ipynb", "run-kl1-seed1.ipynb", "run-kl0-seed1.ipynb"}
     assert names <= {p.name for p in out.iterdir()}  # the executed notebooks, kept as with the local executor
     logs = list((tmp_path / "runs" / "slurm").rglob(f"{job}_*_log.out"))
-    assert len(logs) == 4 and all("run folder: " in p.read_text() for p in logs)
+    assert len(logs) == 6 and all("run folder: " in p.read_text() for p in logs)
     html = (out / "report.html").read_text()
     assert "KL weight 1 (n = 2 seeds, mean ± sd)" in html and "<h2" in html
-    assert main(args) == 0 and "4 finished, 0 to train." in capsys.readouterr().out  # nothing submitted again
+    assert main(args) == 0 and "6 finished, 0 to train." in capsys.readouterr().out  # nothing submitted again
 
 
 EPOCHS = 40  # long enough (about 15 s) to be still training when Slurm's KillWait of 5 s ends

@@ -8,18 +8,23 @@ from vaehelpers.__main__ import main
 from vaehelpers.params import ParameterError
 from vaehelpers.store import Setting
 from vaehelpers.sweep import RunSpec, Sweep, local_workers
-from vaehelpers.text import latent_markdown, results_table, spread_markdown
+from vaehelpers.text import latent_markdown, results_table
 
 from conftest import TINY
 
 
-def test_the_quick_sweep_is_six_runs_and_two_more_seeds_of_weight_1():
-    sweep = Sweep((1.0, 100.0, 0.0, 0.1, 10.0), extra_seeds=(1, 2))
+def test_the_quick_sweep_is_six_runs_and_a_second_seed_of_the_assignments_three():
+    sweep = Sweep((1.0, 100.0, 0.0, 0.1, 10.0), extra_seeds=(1,))
     runs = sweep.runs()
-    assert len(runs) == 8 and runs[5] == RunSpec(1.0, "sigma-vae", 0, 20)  # the main six first
-    assert runs[6:] == [RunSpec(1.0, "fixed", 1, 20), RunSpec(1.0, "fixed", 2, 20)]
+    assert len(runs) == 9 and runs[5] == RunSpec(1.0, "sigma-vae", 0, 20)  # the main six first
+    assert runs[6:] == [RunSpec(w, "fixed", 1, 20) for w in (1.0, 100.0, 0.0)]
     assert [sweep.notebook_name(r) for r in (runs[0], runs[5], runs[7])] == [
-        "run-kl1.ipynb", "run-kl1-sigma-vae.ipynb", "run-kl1-seed2.ipynb"]
+        "run-kl1.ipynb", "run-kl1-sigma-vae.ipynb", "run-kl100-seed1.ipynb"]
+    assert sweep.describe() == ("KL weights 1, 100, 0, 0.1, 10 and the σ-VAE; seed 0, and seed 1 of weights 1 and 100 "
+                                "and 0; latent size 20")
+    # at a second latent size, the extra seeds train weight 1 alone: the latent sizes' comparison
+    assert [r for r in Sweep((1.0, 100.0, 0.0), extra_seeds=(1,), latent_dims=(20, 50), sigma_vae=False).runs()
+            if r.latent_dim == 50] == [RunSpec(w, "fixed", 0, 50) for w in (1.0, 100.0, 0.0)] + [RunSpec(1.0, "fixed", 1, 50)]
 
 
 def test_seeds_and_latent_sizes_multiply():
@@ -50,36 +55,30 @@ def _m(rate: float, distortion: float, neg_elbo: float = 100.0) -> dict:
             "options": {"k": 8}, "iwae_images": 10, "mmd_images": 10, "data_diversity": 0.2, **dict.fromkeys(keys, 1.0)}
 
 
-def test_spread_says_which_differences_exceed_twice_their_standard_error():
+def test_the_table_gives_mean_and_sd_over_seeds():
     w1, w100, w0 = Setting("fixed", 1.0), Setting("fixed", 100.0), Setting("fixed", 0.0)
     by_seed = {w1: [_m(10, 100), _m(11, 101), _m(12, 102)], w100: [_m(0.5, 101.5)], w0: [_m(40, 99)]}
-    text = spread_markdown(by_seed)
-    # rate, weight 100 against 1: -10.5 with se sqrt(1/3 + 1/1) = 1.15 (weight 100 given the pooled sd 1)
-    assert re.search(r"- KL \(rate\), weight 100 against weight 1: 0\.5 \(n = 1\) against 11 \(n = 3\), a difference "
-                     r"of −10\.5, 9\.1 times its standard error 1\.15: \*\*beyond the seed spread\*\*", text)
-    # distortion, weight 100 against 1: +0.5 is within
-    assert re.search(r"- Distortion, weight 100 against weight 1: .* \+0\.5, 0\.4 times .*within the seed spread", text)
-    assert "given the standard deviation pooled over those" in text
     table = results_table({s: ms[0] for s, ms in by_seed.items()}, by_seed)
     assert "KL weight 1 (n = 3 seeds, mean ± sd)" in table and "| 11.00 ± 1.00 |" in table.replace("−", "-")
     assert "| 3.0 ± 0.0 of 4 |" in table  # active units: mean over seeds
 
 
-def test_latent_sizes_are_compared_against_their_seed_spread():
+def test_latent_sizes_are_compared_by_welchs_test():
     by_latent = {20: [_m(10, 100, 100), _m(11, 100, 102)], 50: [_m(20, 100, 101), _m(21, 100, 103)]}
     text = latent_markdown(by_latent)
     assert "| KL weight 1, validation set | 20 latent dimensions (n = 2 seeds) | 50 latent dimensions (n = 2 seeds) |" in text
-    # se = sqrt(0.5/2 + 0.5/2) = 0.707 for the rate, sqrt(2/2 + 2/2) = 1.41 for the -ELBO
-    assert ("- Rate, 50 against 20 latent dimensions: 20.5 (n = 2) against 10.5 (n = 2), a difference of +10, 14.1 "
-            "times its standard error 0.707: **beyond the seed spread**.") in text
-    assert ("- −ELBO, 50 against 20 latent dimensions: 102 (n = 2) against 101 (n = 2), a difference of +1, 0.7 times "
-            "its standard error 1.41: **within the seed spread**") in text
+    # rate: +10 with both sds 0.707: t = 14.1 on 2 degrees of freedom, p = 0.005; the 95 % interval is
+    # 10 ± 4.303 * 0.707; the −ELBO: +1 with sds 1.41, t = 0.71, not shown (the interval 1 ± 4.303 * 1.414)
+    assert ("- Rate, 50 against 20 latent dimensions: 20.5 (n = 2) against 10.5 (n = 2), a difference of +10, 95 % "
+            "interval +6.96 to +13 (Welch's t-test, 2.0 degrees of freedom, p = 0.005): **a real difference at 95 %**."
+            ) in text
+    assert ("- −ELBO, 50 against 20 latent dimensions: 102 (n = 2) against 101 (n = 2), a difference of +1, 95 % "
+            "interval −5.08 to +7.08 (Welch's t-test, 2.0 degrees of freedom, p = 0.55): **not shown by 2 seeds each**."
+            ) in text
+    assert "- Active" not in text  # a count with no spread is in the table, not tested
     assert latent_markdown({20: by_latent[20]}).startswith("*One latent size (20) in this report")
-
-
-def test_one_seed_says_the_spread_is_not_measured():
-    by_seed = {Setting("fixed", w): [_m(1, 1)] for w in (1.0, 100.0, 0.0)}
-    assert spread_markdown(by_seed).startswith("*One seed per setting: the seed spread is not measured")
+    one_seed = latent_markdown({20: by_latent[20][:1], 50: by_latent[50][:1]})
+    assert "0 not shown by the seeds at hand, 5 not tested (5 with one seed of a setting" in one_seed and "a real difference" not in one_seed
 
 
 def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_spread(tmp_path, capfd):
@@ -88,18 +87,19 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
             "--latent-dims", "4,6", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert main(args) == 0
     printed = capfd.readouterr().out
-    assert re.search(r"== plan: 8 runs \(KL weights 1, 100, 0; seed 0, and seed 1 of weight 1; latent sizes 4, 6\); "
-                     r"0 finished, 8 to train here, 2 at a time with 1 thread each; training step fp32 \(1,000 "
+    assert re.search(r"== plan: 10 runs \(KL weights 1, 100, 0; seed 0, and seed 1 of weights 1 and 100 and 0; latent "
+                     r"sizes 4, 6\); 0 finished, 10 to train here, 2 at a time with 1 thread each; training step fp32 \(1,000 "
                      r"images/s.*, 1 thread, base 8, .*\); so about \d+ min\.", printed)
     assert "[run-kl1-z6-seed1] kl_weight=1 epoch 2/2" in printed  # each worker's lines name their run
     assert {"run-kl1.ipynb", "run-kl1-seed1.ipynb", "run-kl0-z6.ipynb", "run-kl1-z6-seed1.ipynb"} <= {
         p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
     assert "KL weight 1 (n = 2 seeds, mean ± sd)" in html
-    assert re.search(r"Of the \d+ differences the discussion above relies on, \d+ exceed twice", html)
+    assert re.search(r"The discussion above states \d+ comparisons. Welch.s t-test at 95 %: \d+ real difference", html)
+    assert "KL weight 100 (n = 2 seeds, mean ± sd)" in html
     assert "4 latent dimensions (n = 2 seeds)" in html and "6 latent dimensions (n = 2 seeds)" in html
     assert "Q2–Q7 show the runs with seed 0 and 4 latent dimensions" in html
     # 21 figures of a report without the σ-VAE, and the latent sizes side by side
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 22
     assert main(args) == 0  # all up to date: nothing trains again
-    assert "0 finished" not in (again := capfd.readouterr().out) and "8 finished, 0 to train." in again
+    assert not re.search(r"\b0 finished", again := capfd.readouterr().out) and "10 finished, 0 to train." in again

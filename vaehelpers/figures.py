@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-from .measure import mean_sd
+from .stats import mean_sd
 from .model import ConvVAE
 from .objective import bits_per_dim, decoder_variance
 from .store import Run, Setting, key_epochs

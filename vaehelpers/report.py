@@ -15,7 +15,7 @@ from .train import fit
 class Report:
     """What report.ipynb shows. ``runs``, ``sigma_run`` and ``measurements``: the main seed at the main latent
     size (Q2-Q8's figures). ``by_seed``: every seed's measurements of each setting at the main latent size,
-    the main seed first. ``by_latent`` and ``latent_runs``: KL weight 1 (fixed decoder) at each latent size,
+    the main seed first; ``curves``: their validation −ELBO after each epoch, in the same order. ``by_latent`` and ``latent_runs``: KL weight 1 (fixed decoder) at each latent size,
     every seed's measurements and the main seed's run."""
 
     sweep: Sweep
@@ -23,6 +23,7 @@ class Report:
     sigma_run: Run | None
     measurements: dict[Setting, dict]
     by_seed: dict[Setting, list[dict]]
+    curves: dict[Setting, list[list[float]]]
     by_latent: dict[int, list[dict]]
     latent_runs: dict[int, Run]
 
@@ -53,11 +54,13 @@ def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str =
     sigma_run = next((run for spec, run in main.items() if spec.likelihood == "sigma-vae"), None)
     ordered = sorted(main, key=lambda spec: (spec.likelihood != "fixed", spec.kl_weight))
     by_seed: dict[Setting, list[dict]] = {}
+    curves: dict[Setting, list[list[float]]] = {}
     for spec in [*ordered, *(s for s in runs if s.latent_dim == sweep.latent_dim and s not in main)]:
         by_seed.setdefault(Setting(spec.likelihood, spec.kl_weight), []).append(measured[spec])
+        curves.setdefault(Setting(spec.likelihood, spec.kl_weight), []).append(runs[spec].history["val_neg_elbo"])
     weight1 = [spec for spec in runs if spec.likelihood == "fixed" and spec.kl_weight == 1.0]
     by_latent = {d: [measured[s] for s in weight1 if s.latent_dim == d] for d in sweep.latent_dims}
     latent_runs = {d: runs[next(s for s in weight1 if s.latent_dim == d and s.seed == sweep.seed)]
                    for d in sweep.latent_dims}
-    return Report(sweep, by_weight, sigma_run, {runs[s].setting: measured[s] for s in ordered}, by_seed, by_latent,
+    return Report(sweep, by_weight, sigma_run, {runs[s].setting: measured[s] for s in ordered}, by_seed, curves, by_latent,
                   latent_runs)

@@ -31,7 +31,7 @@ from typing import Literal
 from .cache import default_cache_dir
 from .files import write_atomic
 from .objective import Likelihood
-from .params import REPORT_WEIGHTS, PROJECT, ParameterError
+from .params import ASSIGNMENT_WEIGHTS, REPORT_WEIGHTS, PROJECT, ParameterError
 
 NOTEBOOKS = PROJECT / "notebooks"
 Executor = Literal["local", "slurm"]
@@ -103,13 +103,15 @@ class RunSpec:
 @dataclass(frozen=True)
 class Sweep:
     """The runs of a report: every KL weight (and the σ-VAE at weight 1) for every seed and latent size, and
-    ``extra_seeds`` of KL weight 1 alone, so that even a quick report states the spread of its main run."""
+    ``extra_seeds`` of the assignment's settings alone (KL weights 1, 100 and 0, fixed decoder, at the main latent
+    size; weight 1 at every latent size), so that even a quick report tests the comparisons its discussion makes
+    against a spread of their own."""
 
     kl_weights: tuple[float, ...] = REPORT_WEIGHTS
     seeds: tuple[int, ...] = (0,)  # every setting trains once per seed; the first is the one Q2-Q7 show
     latent_dims: tuple[int, ...] = (20,)  # every setting trains once per latent size; the first is the main one
     sigma_vae: bool = True  # also weight 1 with a calibrated decoder variance
-    extra_seeds: tuple[int, ...] = ()  # further seeds of KL weight 1 (fixed decoder) alone, at every latent size
+    extra_seeds: tuple[int, ...] = ()  # further seeds of KL weights 1, 100 and 0 (fixed decoder) alone
 
     def __post_init__(self) -> None:
         for name, values in (("seeds", self.seeds), ("latent_dims", self.latent_dims)):
@@ -126,17 +128,19 @@ class Sweep:
     def latent_dim(self) -> int:
         return self.latent_dims[0]
 
-    def weight1_seeds(self) -> tuple[int, ...]:
-        """The seeds KL weight 1 trains with: the sweep's, then the extra ones."""
+    def all_seeds(self) -> tuple[int, ...]:
+        """The sweep's seeds, then the extra ones."""
         return self.seeds + tuple(s for s in self.extra_seeds if s not in self.seeds)
 
     def runs(self) -> list[RunSpec]:
         """Every run, the main ones (first seed, first latent size) first, so that they finish first."""
         specs = []
         for d in self.latent_dims:
-            for s in self.weight1_seeds():
-                specs += [RunSpec(float(w), "fixed", s, d) for w in self.kl_weights if s in self.seeds or w == 1.0]
-                specs += [RunSpec(1.0, "sigma-vae", s, d)] if self.sigma_vae and s in self.seeds else []
+            for s in self.all_seeds():
+                extra = s not in self.seeds
+                specs += [RunSpec(float(w), "fixed", s, d) for w in self.kl_weights
+                          if not extra or w == 1.0 or (w in ASSIGNMENT_WEIGHTS and d == self.latent_dim)]
+                specs += [RunSpec(1.0, "sigma-vae", s, d)] if self.sigma_vae and not extra else []
         main = [r for r in specs if r.seed == self.seed and r.latent_dim == self.latent_dim]
         return main + [r for r in specs if r not in main]
 
@@ -151,7 +155,9 @@ class Sweep:
         weights = ", ".join(f"{w:g}" for w in self.kl_weights) + (" and the σ-VAE" if self.sigma_vae else "")
         seeds = f"seed{'s' if len(self.seeds) > 1 else ''} {', '.join(map(str, self.seeds))}"
         extra = [s for s in self.extra_seeds if s not in self.seeds]
-        more = f", and seed{'s' if len(extra) > 1 else ''} {', '.join(map(str, extra))} of weight 1" if extra else ""
+        assignment = " and ".join(f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w in self.kl_weights)
+        more = (f", and seed{'s' if len(extra) > 1 else ''} {', '.join(map(str, extra))} of weight"
+                f"{'s' if ' and ' in assignment else ''} {assignment}" if extra else "")
         dims = f"latent size{'s' if len(self.latent_dims) > 1 else ''} {', '.join(map(str, self.latent_dims))}"
         return f"KL weights {weights}; {seeds}{more}; {dims}"
 

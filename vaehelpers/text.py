@@ -1,17 +1,20 @@
 """The report's generated text: Q1 from the trained model and its record, Q8 from the measurements.
 
-Every number in these sentences and tables is read from a run or its measurements, and
-each sentence that interprets a number is only written where the number supports it.
+Every number in these sentences and tables is read from a run or its measurements; Q8 quotes the mean over
+each setting's seeds, as its table does. Every comparison a sentence states carries the verdict of its test
+(:mod:`vaehelpers.stats`), and a sentence that interprets a difference is only written where the test shows it.
+This module keeps the words; the statistics are :mod:`vaehelpers.stats`'s.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from .data import parse_builtin
-from .measure import mean_sd
 from .model import layer_table
 from .params import ASSIGNMENT_WEIGHTS
+from .stats import LEVEL, Comparison, mean, mean_sd, welch
 from .store import Run, Setting
 from .sweep import Sweep
 
@@ -137,32 +140,28 @@ def seeds_markdown(sweep: Sweep, by_seed: dict[Setting, list[dict]]) -> str:
     """Which run Q2-Q7 show, and how many seeds stand behind Q8's numbers."""
     counts = {s.label: len(ms) for s, ms in by_seed.items()}
     several = {label: n for label, n in counts.items() if n > 1}
+    single = [label for label, n in counts.items() if n == 1]
     text = (f"Q2–Q7 show the runs with seed {sweep.seed} and {sweep.latent_dim} latent dimensions"
             + (f" (the sweep also trained latent size{'s' if len(sweep.latent_dims) > 2 else ''} "
                f"{', '.join(map(str, sweep.latent_dims[1:]))})"
-               if len(sweep.latent_dims) > 1 else "") + ". ")
+               if len(sweep.latent_dims) > 1 else "") + "; their curves and pictures are that seed's own. ")
     if not several:
-        return text + ("Every number comes from that one seed, so this report cannot say how much of a difference "
-                       "another seed would change; `--seeds 0,1,2` trains each setting three times.")
-    return text + ("Q8 gives each number as mean ± standard deviation over the seeds of each setting (" +
-                   ", ".join(f"{label}: {n} seeds" for label, n in several.items()) + "; the others one), and says "
-                   "which of the differences the discussion relies on exceed that spread. A seed changes the initial "
-                   "weights, the order of the batches and the sampled noise; every run holds out the same validation "
-                   "images and trains on the same set, so the spread is that of training alone.")
+        return text + ("Every number comes from that one seed, so no comparison in Q8 can be tested against the "
+                       "spread another seed would give; `--extra-seeds 1,2` trains the assignment's settings three "
+                       "times, `--seeds 0,1,2` every setting.")
+    return text + (
+        "Q8 gives each number as the mean ± standard deviation over the seeds of its setting ("
+        + ", ".join(f"{label}: {n} seeds" for label, n in several.items())
+        + (f"; {_and(single)}: one seed" if single else "") + "), and the discussion quotes those means. Each "
+        f"comparison it makes is tested with Welch's t-test at {LEVEL:.0%}, a setting's spread against its own "
+        "seeds only; a setting with one seed is not tested. A seed changes the initial weights, the order of the "
+        "batches and the training noise, each an independent random stream; every run holds out the same "
+        "validation images, and the measurements' own random draws (the IWAE samples, the prior codes, the "
+        "noise of the validation terms) are the same for every run, so the spread is that of training alone.")
 
 
-SPREAD_CHECKS = [
-    ("KL (rate)", "rate", 100.0, 1.0),
-    ("distortion", "distortion", 100.0, 1.0),
-    ("sharpness of reconstructions", "sharpness_ratio", 100.0, 1.0),
-    ("diversity of prior samples", "sample_diversity", 100.0, 1.0),
-    ("distortion", "distortion", 0.0, 1.0),
-    ("KL of the aggregate posterior", "aggregate_kl", 0.0, 1.0),
-    ("MMD² of prior samples", "mmd", 0.0, 1.0),
-    ("−ELBO", "neg_elbo", 100.0, 1.0),
-    ("−ELBO", "neg_elbo", 0.0, 1.0),
-]
-"""The differences the discussion relies on: (what, key, KL weight, against KL weight), fixed decoder."""
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _num(x: float, sign: str = "") -> str:
@@ -172,68 +171,85 @@ def _num(x: float, sign: str = "") -> str:
     return text.replace("-", "−")
 
 
-def _compare(what: str, a: list[float], b: list[float], pooled_var: float) -> tuple[str, bool]:
-    """One line: the difference of the means of ``a`` and ``b`` against twice its standard error,
-    sqrt(s_a²/n_a + s_b²/n_b), a sample of one taking the pooled variance; and whether it exceeds it."""
-    (mean_a, sd_a), (mean_b, sd_b) = mean_sd(a), mean_sd(b)
-    var_a, var_b = (sd_a**2 if len(a) > 1 else pooled_var), (sd_b**2 if len(b) > 1 else pooled_var)
-    se = (var_a / len(a) + var_b / len(b)) ** 0.5
-    diff = mean_a - mean_b
-    exceeds = se > 0 and abs(diff) > 2 * se
-    times = f"{abs(diff) / se:,.1f} times its standard error {_num(se)}" if se > 0 else "with no spread measured"
-    return (f"- {what}: {_num(mean_a)} (n = {len(a)}) against {_num(mean_b)} (n = {len(b)}), a difference of "
-            f"{_num(diff, '+')}, {times}: " + ("**beyond the seed spread**." if exceeds else
-                                             "**within the seed spread**; another seed could change its sign.")), exceeds
+VERDICT = re.compile(r"a real difference at \d+ %|not shown by [\d ]+ seeds|one seed: not tested|"
+                     r"no spread over the seeds: not tested")
+"""How every tested comparison's verdict reads (:func:`verdict`)."""
 
 
-def _pooled_variance(groups: list[list[float]]) -> float:
-    """The variance pooled over the groups of several values (0 where none has several)."""
-    several = [g for g in groups if len(g) > 1]
-    dof = sum(len(g) - 1 for g in several)
-    return sum(mean_sd(g)[1] ** 2 * (len(g) - 1) for g in several) / dof if dof else 0.0
+def verdict(c: Comparison) -> str:
+    """The words of a test's verdict: 'a real difference at 95 %', 'not shown by 2 seeds each', ..."""
+    n_a, n_b = len(c.a), len(c.b)
+    return {"real": f"a real difference at {c.level:.0%}".replace("%", " %"),
+            "not shown": f"not shown by {n_a} seeds each" if n_a == n_b else f"not shown by {n_a} and {n_b} seeds",
+            "one seed": "one seed: not tested",
+            "no spread": "no spread over the seeds: not tested"}[c.verdict]
 
 
-def spread_markdown(by_seed: dict[Setting, list[dict]]) -> str:
-    """Whether each difference the discussion relies on exceeds the seed spread: the difference of the means
-    against twice its standard error, sqrt(s_a²/n_a + s_b²/n_b). A setting trained with one seed is given the
-    standard deviation pooled over the settings with several (said so)."""
-    multi = {s: ms for s, ms in by_seed.items() if len(ms) > 1}
-    if not multi:
-        return ("*One seed per setting: the seed spread is not measured, so no difference below can be said to "
-                "exceed it. Train with `--seeds 0,1,2` (or `--extra-seeds 1,2` for weight 1 alone).*")
-    lines, beyond, assumed = [], 0, False
-    for what, key, w, against in SPREAD_CHECKS:
-        a, b = by_seed.get(Setting("fixed", w)), by_seed.get(Setting("fixed", against))
-        if not a or not b:
-            continue
-        assumed |= len(a) == 1 or len(b) == 1
-        line, exceeds = _compare(f"{what[0].upper() + what[1:]}, weight {w:g} against weight {against:g}",
-                                 [m[key] for m in a], [m[key] for m in b],
-                                 _pooled_variance([[m[key] for m in ms] for ms in multi.values()]))
-        lines.append(line)
-        beyond += exceeds
-    n_seeds = ", ".join(f"{s.label} ({len(ms)} seeds)" for s, ms in multi.items())
-    head = (f"Of the {len(lines)} differences the discussion above relies on, {beyond} exceed twice their standard "
-            f"error over seeds. The spread is measured on {n_seeds}"
-            + ("; a setting trained with one seed is given the standard deviation pooled over those, an assumption "
-               "that more seeds of it would check." if assumed else "."))
+@dataclass
+class Claims:
+    """The comparisons a text states, in order, each with its test (:mod:`vaehelpers.stats`)."""
+
+    made: list[tuple[str, Comparison]] = field(default_factory=list)
+
+    def said(self, what: str, a: list[float], b: list[float]) -> Comparison:
+        """Test mean(a) against mean(b) and keep it under ``what`` ('rate, weight 100 against weight 1')."""
+        c = welch(a, b)
+        self.made.append((what, c))
+        return c
+
+    def tag(self, what: str, a: list[float], b: list[float]) -> str:
+        """The verdict in brackets, for the sentence that states the comparison."""
+        return f" ({verdict(self.said(what, a, b))})"
+
+
+def claims_markdown(claims: Claims, source: str = "the discussion above") -> str:
+    """Every comparison ``source`` states: the two means, the difference, its confidence interval and the
+    verdict of Welch's t-test; first a line that counts them."""
+    if not claims.made:
+        return f"*{source[0].upper() + source[1:]} states no comparison.*"
+    lines, counts = [], {"real": 0, "not shown": 0, "one seed": 0, "no spread": 0}
+    for what, c in claims.made:
+        counts[c.verdict] += 1
+        line = (f"- {what[0].upper() + what[1:]}: {_num(c.mean_a)} (n = {len(c.a)}) against {_num(c.mean_b)} "
+                f"(n = {len(c.b)}), a difference of {_num(c.difference, '+')}")
+        if c.tested:
+            low, high = c.interval
+            line += (f", {c.level:.0%} interval {_num(low, '+')} to {_num(high, '+')} (Welch's t-test, "
+                     f"{c.dof:.1f} degrees of freedom, p = {c.p_value:.2g})").replace("%", " %")
+        lines.append(f"{line}: **{verdict(c)}**.")
+    untested = counts["one seed"] + counts["no spread"]
+    head = (f"{source[0].upper() + source[1:]} states {len(claims.made)} comparison{'s' if len(claims.made) != 1 else ''}. "
+            f"Welch's t-test at {LEVEL:.0%}: {counts['real']} real difference{'s' if counts['real'] != 1 else ''}, "
+            f"{counts['not shown']} not shown by the seeds at hand, {untested} not tested"
+            + (f" ({counts['one seed']} with one seed of a setting, {counts['no spread']} with no spread over the "
+               "seeds)" if untested else "") + ".").replace("%", " %")
     return head + "\n\n" + "\n".join(lines)
+
+
+def comparison_coverage(markdown: str) -> tuple[int, int]:
+    """(sentences of ``markdown`` that state a comparison, those of them that carry a test's verdict): a sentence
+    compares where it says 'against', 'than', 'lowest', 'highest', 'lower', 'higher', 'tighter', 'better', 'worse', or moves
+    'from' one value 'to' another."""
+    compares = re.compile(r"\bagainst\b|\bthan\b|\blowest\b|\bhighest\b|\blower\b|\bhigher\b|\btighter\b|\bbetter\b|\bworse\b|"
+                          r"\bfrom\b[^.;]*\bto\b")
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[*A-Z(])", markdown) if compares.search(s)]
+    return len(sentences), sum(bool(VERDICT.search(s)) for s in sentences)
 
 
 LATENT_ROWS = [
     ("−ELBO (nats per image)", "neg_elbo", ",.1f", "−ELBO"),
     (RESULT_ROWS[2][0], "iwae_neg_log_px", ",.1f", "IWAE bound"),
     ("PSNR of reconstructions from μ (dB)", "psnr_db", ".2f", "PSNR"),
-    ("rate: KL (nats)", "rate", ".2f", "Rate"),
+    ("rate: KL (nats)", "rate", ".2f", "rate"),
     ("active latent dimensions", "active_units", "d", None),
     ("MMD², prior samples vs real images", "mmd", ".3f", "MMD² of prior samples"),
 ]
-"""The latent-size table: (row, key in measurements.json, format, name in the sentences or None)."""
+"""The latent-size table: (row, key in measurements.json, format, name in the claims or None)."""
 
 
 def latent_markdown(by_latent: dict[int, list[dict]]) -> str:
     """The latent sizes side by side (KL weight 1): the measurements that depend on the size of the code, and
-    whether each difference from the first size exceeds the seed spread."""
+    each difference from the first size tested like the discussion's (:func:`claims_markdown`)."""
     if len(by_latent) < 2:
         (d,) = by_latent
         return (f"*One latent size ({d}) in this report; `--latent-dims {d},50` compares {d} with 50 as the "
@@ -246,10 +262,13 @@ def latent_markdown(by_latent: dict[int, list[dict]]) -> str:
     header = ["KL weight 1, validation set"] + [
         f"{d} latent dimensions" + (f" (n = {len(ms)} seeds)" if len(ms) > 1 else "") for d, ms in by_latent.items()]
     (first_d, first_ms), *others = by_latent.items()
-    lines = [_compare(f"{short}, {d} against {first_d} latent dimensions", [m[key] for m in ms],
-                      [m[key] for m in first_ms], _pooled_variance([[m[key] for m in ms], [m[key] for m in first_ms]]))[0]
-             for d, ms in others for _, key, _, short in LATENT_ROWS if short]
-    return _table(header, table, first_width=2) + "\n\n" + "\n".join(lines)
+    claims = Claims()
+    for d, ms in others:
+        for _, key, _, short in LATENT_ROWS:
+            if short:
+                claims.said(f"{short}, {d} against {first_d} latent dimensions", [m[key] for m in ms],
+                           [m[key] for m in first_ms])
+    return _table(header, table, first_width=2) + "\n\n" + claims_markdown(claims, "this section")
 
 
 def probe_markdown(measurements: dict[Setting, dict]) -> str:
@@ -264,94 +283,195 @@ def probe_markdown(measurements: dict[Setting, dict]) -> str:
     return _table(["factor (R², from μ / from z)"] + list(measured), rows, first_width=2)
 
 
-def discussion_markdown(runs: dict[float, Run], measurements: dict[Setting, dict]) -> str:
-    """Q8: sentences built from the runs' numbers, so none can contradict the figures."""
+@dataclass
+class Discussion:
+    """Q8's discussion: its Markdown and the comparisons it states, each tested (:func:`claims_markdown`)."""
+
+    markdown: str
+    claims: Claims
+
+
+def discussion(by_seed: dict[Setting, list[dict]], curves: dict[Setting, list[list[float]]], latent_dim: int) -> Discussion:
+    """Q8: sentences built from the measurements of every seed of each setting, so none can contradict the table.
+
+    Every figure quoted is the mean over the setting's seeds (Q8's table); every comparison or ordering a
+    sentence states is tested with Welch's t-test (:mod:`vaehelpers.stats`) and carries its verdict, and an
+    interpretation is written only where its comparison is shown at 95 %. ``curves``: each seed's validation
+    −ELBO per epoch.
+    """
+    weights = {s.kl_weight: ms for s, ms in by_seed.items() if s.likelihood == "fixed"}
     for w in ASSIGNMENT_WEIGHTS:
-        if w not in runs:
+        if w not in weights:
             raise ValueError(f"The discussion needs runs with KL weights 1, 100 and 0; weight {w:g} is missing.")
-    m = {w: measurements[run.setting] for w, run in runs.items()}
-    r, kl, nelbo, au = ({w: m[w][k] for w in runs} for k in ("distortion", "rate", "neg_elbo", "active_units"))
-    d = runs[1.0].config.latent_dim
-    curve = runs[1.0].history["val_neg_elbo"]
-    falls = sum(b < a for a, b in zip(curve, curve[1:]))
-    diversity = {w: m[w]["sample_diversity"] / m[w]["data_diversity"] for w in runs}
-    best = min(nelbo, key=nelbo.get)
+    claims = Claims()
+    tag = claims.tag
 
-    text = [f"**Weight 1 (the ELBO).** Over {len(curve)} epochs the validation −ELBO went from {curve[0]:,.1f} to "
-            f"{curve[-1]:,.1f} nats per image, falling in {falls} of {len(curve) - 1} epochs. At the end the "
-            f"reconstruction term is {r[1.0]:.1f} and the KL {kl[1.0]:.1f} nats, spread over {au[1.0]} active "
-            f"latent dimensions of {d}. The importance-weighted bound ({m[1.0]['iwae_neg_log_px']:,.1f} nats) is "
-            f"{m[1.0]['neg_elbo'] - m[1.0]['iwae_neg_log_px']:.1f} nats tighter than the ELBO."]
+    def v(w: float, key: str) -> list[float]:
+        return [m[key] for m in weights[w]]
 
-    collapsed = kl[100.0] < 1
+    def avg(w: float, key: str) -> float:
+        return mean(v(w, key))
+
+    r, kl, nelbo = ({w: avg(w, k) for w in weights} for k in ("distortion", "rate", "neg_elbo"))
+    au = avg(1.0, "active_units")
+    seeds = {w: len(ms) for w, ms in weights.items()}
+    several = [w for w in sorted(weights) if seeds[w] > 1]
+    lead = ("Every figure below is the mean over the seeds of its setting, as in the table above ("
+            + ", ".join(f"weight {w:g}: {seeds[w]} seed{'s' if seeds[w] > 1 else ''}" for w in sorted(weights))
+            + f"); each comparison carries the verdict of Welch's t-test at {LEVEL:.0%} over those seeds, whose "
+            "intervals are listed after the discussion.").replace("%", " %")
+
+    curve = curves[FIXED_1]
+    first, last = [c[0] for c in curve], [c[-1] for c in curve]
+    fell = claims.said("validation −ELBO at weight 1, last epoch against first", last, first)
+    text = [lead, f"**Weight 1 (the ELBO).** Over {len(curve[0])} epochs the validation −ELBO went from "
+            f"{mean(first):,.1f} to {mean(last):,.1f} nats per image ({verdict(fell)}). At the end the reconstruction "
+            f"term is {r[1.0]:.1f} and the KL {kl[1.0]:.1f} nats, spread over {_count(au)} active latent dimensions "
+            f"of {latent_dim}. The importance-weighted bound ({avg(1.0, 'iwae_neg_log_px'):,.1f} nats) is "
+            f"{nelbo[1.0] - avg(1.0, 'iwae_neg_log_px'):.1f} nats tighter than the ELBO"
+            + tag("IWAE bound against −ELBO at weight 1", v(1.0, "iwae_neg_log_px"), v(1.0, "neg_elbo")) + "."]
+
+    rate_100 = claims.said("rate, weight 100 against weight 1", v(100.0, "rate"), v(1.0, "rate"))
+    blur = claims.said("distortion, weight 100 against weight 1", v(100.0, "distortion"), v(1.0, "distortion"))
+    diversity = {w: avg(w, "sample_diversity") / avg(w, "data_diversity") for w in (1.0, 100.0)}
+    samey = claims.said("diversity of prior samples, weight 100 against weight 1", v(100.0, "sample_diversity"),
+                       v(1.0, "sample_diversity"))
     text.append(
-        f"**Weight 100.** Paying 100 times more for each nat of KL brings the KL to {kl[100.0]:.2f} nats "
-        f"(weight 1: {kl[1.0]:.1f})"
+        f"**Weight 100.** Paying 100 times more for each nat of KL brings the KL to {kl[100.0]:.2f} nats against "
+        f"{kl[1.0]:.1f} at weight 1 ({verdict(rate_100)})"
         + (": q(z|x) is nearly the prior for every image — *posterior collapse* — so the code says almost nothing "
-           "about the image. " if collapsed else ". ")
-        + f"The reconstruction error is {r[100.0]:.1f} against {r[1.0]:.1f} at weight 1 ({r[100.0] / r[1.0]:.2f}×)"
-        + (", which is the blur in the figures" if r[100.0] > 1.1 * r[1.0] else "")
-        + f"; reconstructions keep {m[100.0]['sharpness_ratio']:.0%} of the real images' sharpness "
-        f"(weight 1: {m[1.0]['sharpness_ratio']:.0%}). Prior samples vary {diversity[100.0]:.0%} as much as real "
-        f"images do (weight 1: {diversity[1.0]:.0%})"
-        + (", so they are nearly one average face." if diversity[100.0] < 0.5 * diversity[1.0] else "."))
+           "about the image. " if kl[100.0] < 1 and rate_100.real else ". ")
+        + f"The reconstruction error is {r[100.0]:.1f} against {r[1.0]:.1f} at weight 1 ({r[100.0] / r[1.0]:.2f}×; "
+        f"{verdict(blur)})" + (", which is the blur in the figures" if r[100.0] > 1.1 * r[1.0] and blur.real else "")
+        + f"; reconstructions keep {avg(100.0, 'sharpness_ratio'):.0%} of the real images' sharpness against "
+        f"{avg(1.0, 'sharpness_ratio'):.0%} at weight 1"
+        + tag("sharpness of reconstructions, weight 100 against weight 1", v(100.0, "sharpness_ratio"),
+              v(1.0, "sharpness_ratio"))
+        + f". Prior samples vary {diversity[100.0]:.0%} as much as real images do, against {diversity[1.0]:.0%} at "
+        f"weight 1 ({verdict(samey)})"
+        + (", so they are nearly one average face." if diversity[100.0] < 0.5 * diversity[1.0] and samey.real else "."))
 
-    recon_0 = ("better than" if r[0.0] < 0.97 * r[1.0] else "worse than" if r[0.0] > 1.03 * r[1.0] else "about as good as")
-    holes = m[0.0]["aggregate_kl"] > 2 * m[1.0]["aggregate_kl"] + 1 and m[0.0]["mmd"] > 2 * m[1.0]["mmd"]
+    recon_0 = claims.said("distortion, weight 0 against weight 1", v(0.0, "distortion"), v(1.0, "distortion"))
+    spread_0 = claims.said("KL of the aggregate posterior, weight 0 against weight 1", v(0.0, "aggregate_kl"),
+                          v(1.0, "aggregate_kl"))
+    mmd_0 = claims.said("MMD² of prior samples, weight 0 against weight 1", v(0.0, "mmd"), v(1.0, "mmd"))
+    holes = (spread_0.real and mmd_0.real and avg(0.0, "aggregate_kl") > 2 * avg(1.0, "aggregate_kl") + 1
+             and avg(0.0, "mmd") > 2 * avg(1.0, "mmd"))
     text.append(
         f"**Weight 0 (a plain autoencoder).** Nothing ties q(z|x) to the prior: its KL, measured but not "
         f"trained, is {kl[0.0]:,.1f} nats; the codes of real images spread with a standard deviation of "
-        f"{m[0.0]['code_std']:.2f} per dimension where the prior has 1, with posterior σ of "
-        f"{m[0.0]['posterior_std']:.2f}. Reconstructions are {recon_0} at weight 1 ({r[0.0]:.1f} against "
-        f"{r[1.0]:.1f}). The Gaussian fitted to all the codes sits {m[0.0]['aggregate_kl']:,.1f} nats from N(0, I) "
-        f"(weight 1: {m[1.0]['aggregate_kl']:.1f}), and decoded prior samples are {m[0.0]['mmd']:.3f} (MMD²) from "
-        f"real images (weight 1: {m[1.0]['mmd']:.3f})"
+        f"{avg(0.0, 'code_std'):.2f} per dimension where the prior has 1, with posterior σ of "
+        f"{avg(0.0, 'posterior_std'):.2f}. "
+        + _sentence(recon_0, "Reconstructions are better than at weight 1", "Reconstructions are worse than at weight 1",
+                    "Reconstructions are not shown to differ from those at weight 1")
+        + f" ({r[0.0]:.1f} against {r[1.0]:.1f}; {verdict(recon_0)}). The Gaussian fitted to all the codes sits "
+        f"{avg(0.0, 'aggregate_kl'):,.1f} nats from N(0, I), against {avg(1.0, 'aggregate_kl'):.1f} at weight 1 "
+        f"({verdict(spread_0)}), and decoded prior samples are {avg(0.0, 'mmd'):.3f} (MMD²) from real images, "
+        f"against {avg(1.0, 'mmd'):.3f} at weight 1 ({verdict(mmd_0)})"
         + (": most codes drawn from the prior fall where the decoder was never trained, which is why the prior "
            "samples are poor although the reconstructions are not." if holes else "."))
 
-    if m[1.0]["probe_r2_sampled"] and m[100.0]["probe_r2_sampled"]:
-        probe = {w: m[w]["probe_r2_sampled"] for w in ASSIGNMENT_WEIGHTS}
-        best_factor = max(probe[1.0], key=probe[1.0].get)
-        mean = {w: sum(p.values()) / len(p) for w, p in probe.items()}
+    if all(m["probe_r2_sampled"] for w in ASSIGNMENT_WEIGHTS for m in weights[w]):
+        probe = {w: [m["probe_r2_sampled"] for m in weights[w]] for w in ASSIGNMENT_WEIGHTS}
+        factors = list(probe[1.0][0])
+        r2 = {w: {f: mean([p[f] for p in probe[w]]) for f in factors} for w in probe}
+        overall = {w: [mean(list(p.values())) for p in probe[w]] for w in probe}
+        top = max(factors, key=r2[1.0].get)
         text.append(
             f"**What the codes keep.** Read from a sampled z, as the decoder receives it, a linear probe recovers "
-            f"the built-in factors with a mean R² of {mean[1.0]:.2f} at weight 1, {mean[0.0]:.2f} at weight 0 and "
-            f"{mean[100.0]:.2f} at weight 100; the best-kept factor at weight 1, {best_factor.replace('_', ' ')}, "
-            f"scores {probe[1.0][best_factor]:.2f} there and {probe[100.0][best_factor]:.2f} at weight 100.")
+            f"the built-in factors with a mean R² of {mean(overall[1.0]):.2f} at weight 1, against "
+            f"{mean(overall[0.0]):.2f} at weight 0" + tag("mean probe R², weight 0 against weight 1", overall[0.0], overall[1.0])
+            + f" and {mean(overall[100.0]):.2f} at weight 100" + tag("mean probe R², weight 100 against weight 1",
+                                                                  overall[100.0], overall[1.0])
+            + f". {top.replace('_', ' ').capitalize()}, the factor with the largest mean R² at weight 1, scores "
+            f"{r2[1.0][top]:.2f} there against {r2[100.0][top]:.2f} at weight 100"
+            + tag(f"probe R² of {top.replace('_', ' ')}, weight 100 against weight 1",
+                  [p[top] for p in probe[100.0]], [p[top] for p in probe[1.0]]) + ".")
 
-    order = sorted(runs)
-    text.append(
-        f"**The KL term's effect.** The −ELBO, an upper bound on −log p(x), is lowest for weight {best:g} "
-        f"({nelbo[best]:,.1f} nats; " + ", ".join(f"{nelbo[w]:,.1f} at weight {w:g}" for w in order if w != best)
-        + "). "
-        + ("That is expected: weight 1 is the only setting that optimises the bound itself. " if best == 1.0 else
-           "Weight 1 is the only setting that optimises the bound itself, so the run was likely too short. ")
-        + "Raising the weight from " + " to ".join(f"{w:g}" for w in order) + " moved the rate (KL) from "
-        + " to ".join(f"{kl[w]:,.1f}" for w in order) + " nats and the distortion from "
-        + " to ".join(f"{r[w]:.1f}" for w in order) + ": the rate–distortion curve above. The KL weight sets how "
-        "many nats the encoder may spend describing each image: a larger weight buys codes that match the prior, "
-        "so that prior samples decode to images like the training set, at the price of detail; a smaller one "
-        "buys detail at the price of codes the prior does not describe.")
-    return "\n\n".join(text)
+    text.append(_kl_effect(weights, nelbo, kl, r, several, claims))
+    return Discussion("\n\n".join(text), claims)
 
 
-def sigma_vae_markdown(measurements: dict[Setting, dict]) -> str:
-    """How the calibrated decoder compares with the fixed σ² = 1/2 (both trained with KL weight 1)."""
-    fixed, sigma = measurements.get(FIXED_1), measurements.get(SIGMA_1)
-    if fixed is None or sigma is None:
+def _count(x: float) -> str:
+    """A count averaged over seeds: whole where it is."""
+    return f"{x:.0f}" if x == int(x) else f"{x:.1f}"
+
+
+def _sentence(c: Comparison, lower: str, higher: str, neither: str) -> str:
+    """The words for a comparison of a against b: ``lower`` or ``higher`` only where the test shows it."""
+    return (lower if c.difference < 0 else higher) if c.real else neither
+
+
+def _kl_effect(weights: dict[float, list[dict]], nelbo: dict[float, float], kl: dict[float, float],
+               r: dict[float, float], several: list[float], claims: Claims) -> str:
+    """The paragraph on the KL term: which weight has the lowest −ELBO, tested against each other weight, and the
+    rate and distortion along the weights, tested between neighbouring weights that have several seeds."""
+    order = sorted(weights)
+    best = min(nelbo, key=nelbo.get)
+    against = {w: claims.said(f"−ELBO, weight {best:g} against weight {w:g}", [m["neg_elbo"] for m in weights[best]],
+                             [m["neg_elbo"] for m in weights[w]]) for w in order if w != best}
+    shown = [w for w, c in against.items() if c.real]
+    text = (f"**The KL term's effect.** The −ELBO, an upper bound on −log p(x), has its lowest mean at weight "
+            f"{best:g} ({nelbo[best]:,.1f} nats), against "
+            + "; ".join(f"{nelbo[w]:,.1f} at weight {w:g} ({verdict(c)})" for w, c in against.items()) + ". ")
+    if best == 1.0 and len(shown) == len(against):
+        text += "That is expected: weight 1 is the only setting that optimises the bound itself. "
+    elif best == 1.0:
+        text += ("Weight 1 is the only setting that optimises the bound itself; "
+                 + (f"its lowest mean is a real difference at {LEVEL:.0%} against weight{'s' if len(shown) > 1 else ''} "
+                    f"{_and([f'{w:g}' for w in shown])} only. ".replace("%", " %") if shown else
+                    "none of these differences is shown by the seeds at hand. "))
+    elif 1.0 in shown:
+        text += "Weight 1 is the only setting that optimises the bound itself, so the run was likely too short. "
+    else:
+        text += (f"Weight 1 is the only setting that optimises the bound itself, and the seeds at hand do not show "
+                 f"weight {best:g}'s mean to differ from it. ")
+    steps = list(zip(several, several[1:]))
+    tested = "; ".join(
+        f"{name} {a:g} → {b:g}"
+        + claims.tag(f"{name}, weight {b:g} against weight {a:g}", [m[key] for m in weights[b]], [m[key] for m in weights[a]])
+        for name, key in (("rate", "rate"), ("distortion", "distortion")) for a, b in steps)
+    single = [f"{w:g}" for w in order if w not in several]
+    return (text + "Raising the weight from " + " to ".join(f"{w:g}" for w in order) + " moved the mean rate (KL) "
+            "from " + " to ".join(f"{kl[w]:,.1f}" for w in order) + " nats and the mean distortion from "
+            + " to ".join(f"{r[w]:.1f}" for w in order) + " (the rate–distortion curve above); between neighbouring "
+            "weights with several seeds: " + (tested or "none (one seed: not tested)") + "."
+            + (f" Weight{'s' if len(single) > 1 else ''} {_and(single)} {'have' if len(single) > 1 else 'has'} one "
+               "seed: not tested." if single else "")
+            + " The KL weight sets how many nats the encoder may spend describing each image: a larger weight buys "
+            "codes that match the prior, so that prior samples decode to images like the training set, at the price "
+            "of detail; a smaller one buys detail at the price of codes the prior does not describe.")
+
+
+def sigma_vae_markdown(by_seed: dict[Setting, list[dict]]) -> str:
+    """How the calibrated decoder compares with the fixed σ² = 1/2 (both trained with KL weight 1): means over
+    each one's seeds, every comparison with its test's verdict."""
+    fixed, sigma = by_seed.get(FIXED_1), by_seed.get(SIGMA_1)
+    if not fixed or not sigma:
         return "*No σ-VAE run in this report (parameter sigma_vae = False).*"
-    beta = 2 * sigma["calibrated_sigma"] ** 2
+    claims = Claims()
+
+    def avg(ms: list[dict], key: str) -> float:
+        return mean([m[key] for m in ms])
+
+    def tag(what: str, key: str) -> str:
+        return claims.tag(f"{what}, σ-VAE against the fixed decoder", [m[key] for m in sigma], [m[key] for m in fixed])
+
+    calibrated = avg(sigma, "calibrated_sigma")
+    n = len(sigma)
     return (
         f"The fixed decoder variance σ² = 1/2 is a choice, and it acts as a KL weight: the loss "
         f"$\\sum (x - \\hat{{x}})^2 / (2\\sigma^2) + \\mathrm{{KL}}$ is proportional to "
         f"$\\sum (x - \\hat{{x}})^2 + 2\\sigma^2 \\, \\mathrm{{KL}}$, so KL weight β with σ² = 1/2 is the same as "
         f"weight 1 with σ² = β/2. The σ-VAE (Rybkin et al. 2021) sets σ² to its optimum, the mean squared "
-        f"error, which here settled at σ = {sigma['calibrated_sigma']:.3f}: an effective KL weight of "
-        f"2σ² = {beta:.3f} against the assignment's 1. Its own −ELBO, under the calibrated decoder, is "
-        f"{sigma['neg_elbo']:,.1f} nats per image against {fixed['neg_elbo']:,.1f} for the fixed decoder "
-        f"({fixed['calibrated_neg_elbo']:,.1f} once the fixed model's σ is calibrated after training); "
-        f"its rate is {sigma['rate']:.1f} nats against {fixed['rate']:.1f}, its reconstruction PSNR "
-        f"{sigma['psnr_db']:.2f} dB against {fixed['psnr_db']:.2f} dB, and its reconstructions keep "
-        f"{sigma['sharpness_ratio']:.0%} of the real images' sharpness against {fixed['sharpness_ratio']:.0%}. "
-        "A −ELBO in nats per image can be negative: it is a density of continuous pixel values, above 1 where "
-        "the decoder's σ is small.")
+        f"error, which here settled at σ = {calibrated:.3f}" + (f" (mean of {n} seeds)" if n > 1 else "")
+        + f": an effective KL weight of 2σ² = {2 * calibrated ** 2:.3f} in place of the assignment's 1. Its own "
+        f"−ELBO, under the calibrated decoder, is {avg(sigma, 'neg_elbo'):,.1f} nats per image against "
+        f"{avg(fixed, 'neg_elbo'):,.1f} for the fixed decoder" + tag("−ELBO", "neg_elbo")
+        + f", or {avg(fixed, 'calibrated_neg_elbo'):,.1f} once the fixed model's σ is calibrated after training; "
+        f"its rate is {avg(sigma, 'rate'):.1f} nats against {avg(fixed, 'rate'):.1f}" + tag("rate", "rate")
+        + f", its reconstruction PSNR {avg(sigma, 'psnr_db'):.2f} dB against {avg(fixed, 'psnr_db'):.2f} dB"
+        + tag("PSNR", "psnr_db") + f", and its reconstructions keep {avg(sigma, 'sharpness_ratio'):.0%} of the "
+        f"real images' sharpness against {avg(fixed, 'sharpness_ratio'):.0%}"
+        + tag("sharpness of reconstructions", "sharpness_ratio") + ". A −ELBO in nats per image can be negative: it "
+        "is a density of continuous pixel values, above 1 where the decoder's σ is small.")
