@@ -80,6 +80,25 @@ def test_one_seed_everywhere_tests_nothing_and_interprets_nothing():
         assert finding not in text
     assert text.count("one seed: not tested") >= 10
     assert "between neighbouring weights with several seeds: none (one seed: not tested)." in text
+    assert "no comparison with it is tested (one seed)" in text and "show none" not in text and "do not show" not in text
+    assert "Reconstruction error, set beside weight 1's (250.0 against 300.0; one seed: not tested)" in text
+
+
+def test_a_one_seed_setting_with_the_lowest_mean_is_not_called_shown_or_not_shown():
+    text = _discuss(best=10.0).markdown
+    assert "lowest mean at weight 10 (7,000.0 nats)" in text
+    assert "weight 10's mean is set beside it untested (one seed)" in text and "likely too short" not in text
+
+
+def test_an_interpretation_needs_its_difference_beyond_its_threshold_not_merely_shown():
+    """A 3 % larger distortion shown at 95 % is not 'the blur in the figures' (which needs over 10 %)."""
+    by_seed, curves = _case(offsets=(-0.001, 0.001))
+    for m in by_seed[Setting("fixed", 100.0)]:
+        m["distortion"] = 309.0 * (1 + (0.001 if m is by_seed[Setting("fixed", 100.0)][1] else -0.001))
+    text = discussion(by_seed, curves, 20).markdown
+    assert "The reconstruction error is 309.0 against 300.0 at weight 1 (1.03×; a real difference at 95 %); recon" in text
+    assert "blur" not in text
+    assert "The importance-weighted bound (6,990.0 nats) lies 10.0 nats below the ELBO (a real difference at 95 %)" in text
 
 
 def test_the_discussion_quotes_the_mean_where_seed_0_would_say_otherwise():
@@ -101,6 +120,9 @@ def test_every_sentence_that_compares_carries_a_verdict():
         compared, tested = comparison_coverage(d.markdown)
         assert compared >= 8 and tested == compared, case
     assert comparison_coverage("Weight 1 is lower than weight 0. It is blue.") == (1, 0)  # the count can fail
+    assert comparison_coverage("A is 1 against 2 (not shown by 3 and 2 seeds), B 3 against 4. C is 5.") == (1, 0)
+    assert comparison_coverage("A is 1 against 2 (not shown by 3 and 2 seeds). B 3 against 4 (one seed: not "
+                               "tested).") == (2, 2)
 
 
 def test_the_tests_list_gives_welchs_interval_and_counts_the_verdicts():
@@ -135,11 +157,11 @@ def test_discussion_needs_the_assignment_weights():
 def test_probe_sentences_and_table_only_where_factors_are_known():
     assert "What the codes keep" in _discuss().markdown
     by_seed, _ = _case()
-    table = probe_markdown({s: ms[0] for s, ms in by_seed.items()})
+    table = probe_markdown(by_seed)
     assert "| hair_hue | 0.90 / 0.90 |" in table and "KL weight 10 |" not in table  # the assignment's three only
     assert "What the codes keep" not in _discuss(probes=False).markdown
     by_seed, _ = _case(probes=False)
-    assert probe_markdown({s: ms[0] for s, ms in by_seed.items()}).startswith("*No probe")
+    assert probe_markdown(by_seed).startswith("*No probe")
 
 
 def test_sigma_vae_comparison_present_or_not():

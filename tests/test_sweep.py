@@ -1,14 +1,15 @@
 """Sweeps: which runs a sweep holds, how the local executor shares the cores, and the report's seed spread."""
 
 import re
+from html import unescape as html_unescape
 
 import pytest
 
 from vaehelpers.__main__ import main
 from vaehelpers.params import ParameterError
 from vaehelpers.store import Setting
-from vaehelpers.sweep import RunSpec, Sweep, local_workers
-from vaehelpers.text import latent_markdown, results_table
+from vaehelpers.sweep import RunSpec, Sweep, local_workers, tail_threads
+from vaehelpers.text import comparison_coverage, latent_markdown, results_table
 
 from conftest import TINY
 
@@ -46,6 +47,15 @@ def test_seeds_and_latent_sizes_multiply():
 ])
 def test_local_workers_share_the_cores_by_model_size(runs, base, cores, expected):
     assert local_workers(runs, base, 64, "cpu", cores=cores) == expected
+
+
+@pytest.mark.parametrize("threads, workers, tail, expected", [
+    (1, 2, 1, 2),  # the default report's ninth run: both cores once the eighth ends
+    (1, 2, 0, 1),  # an even number of runs: no last round of fewer
+    (2, 4, 3, 2), (2, 4, 1, 8), (1, 3, 2, 1),
+])
+def test_a_last_round_of_fewer_runs_takes_the_idle_cores(threads, workers, tail, expected):
+    assert tail_threads(threads, workers, tail) == expected
 
 
 def _m(rate: float, distortion: float, neg_elbo: float = 100.0) -> dict:
@@ -94,6 +104,9 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
     assert {"run-kl1.ipynb", "run-kl1-seed1.ipynb", "run-kl0-z6.ipynb", "run-kl1-z6-seed1.ipynb"} <= {
         p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
+    discussion = re.sub(r"<[^>]+>", "", html.split('id="Discussion"')[1].split('id="How-much-of-this-is-the-seed"')[0])
+    compared, with_verdict = comparison_coverage(html_unescape(discussion))
+    assert compared >= 10 and with_verdict == compared  # every sentence that compares carries its test's verdict
     assert "KL weight 1 (n = 2 seeds, mean ± sd)" in html
     assert re.search(r"The discussion above states \d+ comparisons. Welch.s t-test at 95 %: \d+ real difference", html)
     assert "KL weight 100 (n = 2 seeds, mean ± sd)" in html

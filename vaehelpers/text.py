@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .data import parse_builtin
 from .model import layer_table
 from .params import ASSIGNMENT_WEIGHTS
-from .stats import LEVEL, Comparison, mean, mean_sd, welch
+from .stats import LEVEL, Comparison, mean, mean_sd, paired, welch
 from .store import Run, Setting
 from .sweep import Sweep
 
@@ -171,7 +171,7 @@ def _num(x: float, sign: str = "") -> str:
     return text.replace("-", "−")
 
 
-VERDICT = re.compile(r"a real difference at \d+ %|not shown by [\d ]+ seeds|one seed: not tested|"
+VERDICT = re.compile(r"a real difference at \d+ %|not shown by \d+ (?:and \d+ )?seeds|one seed: not tested|"
                      r"no spread over the seeds: not tested")
 """How every tested comparison's verdict reads (:func:`verdict`)."""
 
@@ -191,15 +191,16 @@ class Claims:
 
     made: list[tuple[str, Comparison]] = field(default_factory=list)
 
-    def said(self, what: str, a: list[float], b: list[float]) -> Comparison:
-        """Test mean(a) against mean(b) and keep it under ``what`` ('rate, weight 100 against weight 1')."""
-        c = welch(a, b)
+    def said(self, what: str, a: list[float], b: list[float], same_runs: bool = False) -> Comparison:
+        """Test mean(a) against mean(b) and keep it under ``what`` ('rate, weight 100 against weight 1');
+        ``same_runs``: two measurements of the same runs, a[i] and b[i] from seed i (the paired test)."""
+        c = paired(a, b) if same_runs else welch(a, b)
         self.made.append((what, c))
         return c
 
-    def tag(self, what: str, a: list[float], b: list[float]) -> str:
+    def tag(self, what: str, a: list[float], b: list[float], same_runs: bool = False) -> str:
         """The verdict in brackets, for the sentence that states the comparison."""
-        return f" ({verdict(self.said(what, a, b))})"
+        return f" ({verdict(self.said(what, a, b, same_runs))})"
 
 
 def claims_markdown(claims: Claims, source: str = "the discussion above") -> str:
@@ -214,7 +215,8 @@ def claims_markdown(claims: Claims, source: str = "the discussion above") -> str
                 f"(n = {len(c.b)}), a difference of {_num(c.difference, '+')}")
         if c.tested:
             low, high = c.interval
-            line += (f", {c.level:.0%} interval {_num(low, '+')} to {_num(high, '+')} (Welch's t-test, "
+            test = "paired t-test of the same runs" if c.paired else "Welch's t-test"
+            line += (f", {c.level:.0%} interval {_num(low, '+')} to {_num(high, '+')} ({test}, "
                      f"{c.dof:.1f} degrees of freedom, p = {c.p_value:.2g})").replace("%", " %")
         lines.append(f"{line}: **{verdict(c)}**.")
     untested = counts["one seed"] + counts["no spread"]
@@ -222,18 +224,24 @@ def claims_markdown(claims: Claims, source: str = "the discussion above") -> str
             f"Welch's t-test at {LEVEL:.0%}: {counts['real']} real difference{'s' if counts['real'] != 1 else ''}, "
             f"{counts['not shown']} not shown by the seeds at hand, {untested} not tested"
             + (f" ({counts['one seed']} with one seed of a setting, {counts['no spread']} with no spread over the "
-               "seeds)" if untested else "") + ".").replace("%", " %")
+               "seeds)" if untested else "") + ". Each test is at 95 % on its own, with no correction for their "
+            "number: of twenty differences that are not there, about one would read as real by chance.").replace("%", " %")
     return head + "\n\n" + "\n".join(lines)
 
 
+COMPARES = re.compile(r"\bagainst\b|\bthan\b|\blowest\b|\bhighest\b|\blower\b|\bhigher\b|\blarger\b|\bsmaller\b|"
+                      r"\btighter\b|\bbetter\b|\bworse\b|\bbelow\b|\babove\b|\bas much as\b|\bmore\b|\bless\b|"
+                      r"\bfrom\b[^.;]*\bto\b")
+"""The words by which a sentence compares two numbers (:func:`comparison_coverage`)."""
+
+
 def comparison_coverage(markdown: str) -> tuple[int, int]:
-    """(sentences of ``markdown`` that state a comparison, those of them that carry a test's verdict): a sentence
-    compares where it says 'against', 'than', 'lowest', 'highest', 'lower', 'higher', 'tighter', 'better', 'worse', or moves
-    'from' one value 'to' another."""
-    compares = re.compile(r"\bagainst\b|\bthan\b|\blowest\b|\bhighest\b|\blower\b|\bhigher\b|\btighter\b|\bbetter\b|\bworse\b|"
-                          r"\bfrom\b[^.;]*\bto\b")
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[*A-Z(])", markdown) if compares.search(s)]
-    return len(sentences), sum(bool(VERDICT.search(s)) for s in sentences)
+    """(sentences of ``markdown`` that state a comparison, those of them that carry a test's verdict for each):
+    a sentence compares where it uses a word of :data:`COMPARES`; it is covered where it carries a verdict
+    (:data:`VERDICT`) for each of its 'against's, and at least one."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[*A-Z(])", markdown) if COMPARES.search(s)]
+    covered = [s for s in sentences if len(VERDICT.findall(s)) >= max(1, len(re.findall(r"\bagainst\b", s)))]
+    return len(sentences), len(covered)
 
 
 LATENT_ROWS = [
@@ -271,15 +279,17 @@ def latent_markdown(by_latent: dict[int, list[dict]]) -> str:
     return _table(header, table, first_width=2) + "\n\n" + claims_markdown(claims, "this section")
 
 
-def probe_markdown(measurements: dict[Setting, dict]) -> str:
-    """R² of linear probes from the codes to each built-in face factor: 'from μ / from a sampled z'."""
-    measured = {setting.label: m for setting, m in measurements.items()
-                if m["probe_r2"] and setting.likelihood == "fixed" and setting.kl_weight in ASSIGNMENT_WEIGHTS}
+def probe_markdown(by_seed: dict[Setting, list[dict]]) -> str:
+    """R² of linear probes from the codes to each built-in face factor: 'from μ / from a sampled z', the mean over
+    each setting's seeds (as the discussion quotes them)."""
+    measured = {setting.label + (f" (mean of {len(ms)} seeds)" if len(ms) > 1 else ""): ms
+                for setting, ms in by_seed.items()
+                if ms[0]["probe_r2"] and setting.likelihood == "fixed" and setting.kl_weight in ASSIGNMENT_WEIGHTS}
     if not measured:
         return "*No probe: only the built-in face set comes with the ground-truth factors of its images.*"
-    factors = list(next(iter(measured.values()))["probe_r2"])
-    rows = [[f] + [f"{m['probe_r2'][f]:.2f} / {m['probe_r2_sampled'][f]:.2f}" for m in measured.values()]
-            for f in factors]
+    factors = list(next(iter(measured.values()))[0]["probe_r2"])
+    rows = [[f] + [f"{mean([m['probe_r2'][f] for m in ms]):.2f} / {mean([m['probe_r2_sampled'][f] for m in ms]):.2f}"
+                   for ms in measured.values()] for f in factors]
     return _table(["factor (R², from μ / from z)"] + list(measured), rows, first_width=2)
 
 
@@ -316,54 +326,59 @@ def discussion(by_seed: dict[Setting, list[dict]], curves: dict[Setting, list[li
     au = avg(1.0, "active_units")
     seeds = {w: len(ms) for w, ms in weights.items()}
     several = [w for w in sorted(weights) if seeds[w] > 1]
-    lead = ("Every figure below is the mean over the seeds of its setting, as in the table above ("
+    lead = ("Every figure in this discussion is the mean over the seeds of its setting, as in Q8's table ("
             + ", ".join(f"weight {w:g}: {seeds[w]} seed{'s' if seeds[w] > 1 else ''}" for w in sorted(weights))
-            + f"); each comparison carries the verdict of Welch's t-test at {LEVEL:.0%} over those seeds, whose "
-            "intervals are listed after the discussion.").replace("%", " %")
+            + f"); each comparison carries the verdict of its test at {LEVEL:.0%} over those seeds (Welch's t-test "
+            "between settings, the paired t-test between two measurements of the same runs), whose intervals are "
+            "listed after the discussion.").replace("%", " %")
 
     curve = curves[FIXED_1]
     first, last = [c[0] for c in curve], [c[-1] for c in curve]
-    fell = claims.said("validation −ELBO at weight 1, last epoch against first", last, first)
+    fell = claims.said("validation −ELBO at weight 1, last epoch against first", last, first, same_runs=True)
+    iwae = claims.said("IWAE bound against −ELBO at weight 1", v(1.0, "iwae_neg_log_px"), v(1.0, "neg_elbo"),
+                       same_runs=True)
+    gap = nelbo[1.0] - avg(1.0, "iwae_neg_log_px")
     text = [lead, f"**Weight 1 (the ELBO).** Over {len(curve[0])} epochs the validation −ELBO went from "
             f"{mean(first):,.1f} to {mean(last):,.1f} nats per image ({verdict(fell)}). At the end the reconstruction "
             f"term is {r[1.0]:.1f} and the KL {kl[1.0]:.1f} nats, spread over {_count(au)} active latent dimensions "
-            f"of {latent_dim}. The importance-weighted bound ({avg(1.0, 'iwae_neg_log_px'):,.1f} nats) is "
-            f"{nelbo[1.0] - avg(1.0, 'iwae_neg_log_px'):.1f} nats tighter than the ELBO"
-            + tag("IWAE bound against −ELBO at weight 1", v(1.0, "iwae_neg_log_px"), v(1.0, "neg_elbo")) + "."]
+            f"of {latent_dim}. The importance-weighted bound ({avg(1.0, 'iwae_neg_log_px'):,.1f} nats) lies "
+            + (f"{gap:.1f} nats below the ELBO" if gap > 0 else f"{-gap:.1f} nats above the ELBO")
+            + f" ({verdict(iwae)})."]
 
     rate_100 = claims.said("rate, weight 100 against weight 1", v(100.0, "rate"), v(1.0, "rate"))
     blur = claims.said("distortion, weight 100 against weight 1", v(100.0, "distortion"), v(1.0, "distortion"))
     diversity = {w: avg(w, "sample_diversity") / avg(w, "data_diversity") for w in (1.0, 100.0)}
     samey = claims.said("diversity of prior samples, weight 100 against weight 1", v(100.0, "sample_diversity"),
-                       v(1.0, "sample_diversity"))
+                        v(1.0, "sample_diversity"))
+    collapsed = rate_100.real and rate_100.difference < 0 and max(v(100.0, "rate")) < 1  # every seed under 1 nat
     text.append(
-        f"**Weight 100.** Paying 100 times more for each nat of KL brings the KL to {kl[100.0]:.2f} nats against "
+        f"**Weight 100.** With each nat of KL priced 100 times higher, the KL is {kl[100.0]:.2f} nats against "
         f"{kl[1.0]:.1f} at weight 1 ({verdict(rate_100)})"
         + (": q(z|x) is nearly the prior for every image — *posterior collapse* — so the code says almost nothing "
-           "about the image. " if kl[100.0] < 1 and rate_100.real else ". ")
+           "about the image. " if collapsed else ". ")
         + f"The reconstruction error is {r[100.0]:.1f} against {r[1.0]:.1f} at weight 1 ({r[100.0] / r[1.0]:.2f}×; "
-        f"{verdict(blur)})" + (", which is the blur in the figures" if r[100.0] > 1.1 * r[1.0] and blur.real else "")
+        f"{verdict(blur)})" + (", which is the blur in the figures" if blur.beyond(0.1 * r[1.0]) else "")
         + f"; reconstructions keep {avg(100.0, 'sharpness_ratio'):.0%} of the real images' sharpness against "
         f"{avg(1.0, 'sharpness_ratio'):.0%} at weight 1"
         + tag("sharpness of reconstructions, weight 100 against weight 1", v(100.0, "sharpness_ratio"),
               v(1.0, "sharpness_ratio"))
         + f". Prior samples vary {diversity[100.0]:.0%} as much as real images do, against {diversity[1.0]:.0%} at "
         f"weight 1 ({verdict(samey)})"
-        + (", so they are nearly one average face." if diversity[100.0] < 0.5 * diversity[1.0] and samey.real else "."))
+        + (", so they are nearly one average face." if samey.beyond(-0.5 * avg(1.0, "sample_diversity")) else "."))
 
     recon_0 = claims.said("distortion, weight 0 against weight 1", v(0.0, "distortion"), v(1.0, "distortion"))
     spread_0 = claims.said("KL of the aggregate posterior, weight 0 against weight 1", v(0.0, "aggregate_kl"),
-                          v(1.0, "aggregate_kl"))
+                           v(1.0, "aggregate_kl"))
     mmd_0 = claims.said("MMD² of prior samples, weight 0 against weight 1", v(0.0, "mmd"), v(1.0, "mmd"))
-    holes = (spread_0.real and mmd_0.real and avg(0.0, "aggregate_kl") > 2 * avg(1.0, "aggregate_kl") + 1
-             and avg(0.0, "mmd") > 2 * avg(1.0, "mmd"))
+    holes = spread_0.beyond(avg(1.0, "aggregate_kl") + 1) and mmd_0.beyond(avg(1.0, "mmd"))  # both over twice
     text.append(
         f"**Weight 0 (a plain autoencoder).** Nothing ties q(z|x) to the prior: its KL, measured but not "
         f"trained, is {kl[0.0]:,.1f} nats; the codes of real images spread with a standard deviation of "
         f"{avg(0.0, 'code_std'):.2f} per dimension where the prior has 1, with posterior σ of "
         f"{avg(0.0, 'posterior_std'):.2f}. "
         + _sentence(recon_0, "Reconstructions are better than at weight 1", "Reconstructions are worse than at weight 1",
-                    "Reconstructions are not shown to differ from those at weight 1")
+                    "Reconstructions are not shown to differ from those at weight 1" if recon_0.tested else
+                    "Reconstruction error, set beside weight 1's")
         + f" ({r[0.0]:.1f} against {r[1.0]:.1f}; {verdict(recon_0)}). The Gaussian fitted to all the codes sits "
         f"{avg(0.0, 'aggregate_kl'):,.1f} nats from N(0, I), against {avg(1.0, 'aggregate_kl'):.1f} at weight 1 "
         f"({verdict(spread_0)}), and decoded prior samples are {avg(0.0, 'mmd'):.3f} (MMD²) from real images, "
@@ -411,6 +426,7 @@ def _kl_effect(weights: dict[float, list[dict]], nelbo: dict[float, float], kl: 
     against = {w: claims.said(f"−ELBO, weight {best:g} against weight {w:g}", [m["neg_elbo"] for m in weights[best]],
                              [m["neg_elbo"] for m in weights[w]]) for w in order if w != best}
     shown = [w for w, c in against.items() if c.real]
+    untested = [w for w, c in against.items() if not c.tested]
     text = (f"**The KL term's effect.** The −ELBO, an upper bound on −log p(x), has its lowest mean at weight "
             f"{best:g} ({nelbo[best]:,.1f} nats), against "
             + "; ".join(f"{nelbo[w]:,.1f} at weight {w:g} ({verdict(c)})" for w, c in against.items()) + ". ")
@@ -420,9 +436,13 @@ def _kl_effect(weights: dict[float, list[dict]], nelbo: dict[float, float], kl: 
         text += ("Weight 1 is the only setting that optimises the bound itself; "
                  + (f"its lowest mean is a real difference at {LEVEL:.0%} against weight{'s' if len(shown) > 1 else ''} "
                     f"{_and([f'{w:g}' for w in shown])} only. ".replace("%", " %") if shown else
-                    "none of these differences is shown by the seeds at hand. "))
+                    "no comparison with it is tested (one seed). " if len(untested) == len(against) else
+                    "these seeds show none of those differences. "))
     elif 1.0 in shown:
         text += "Weight 1 is the only setting that optimises the bound itself, so the run was likely too short. "
+    elif 1.0 in untested:
+        text += (f"Weight 1 is the only setting that optimises the bound itself; weight {best:g}'s mean is set beside "
+                 "it untested (one seed). ")
     else:
         text += (f"Weight 1 is the only setting that optimises the bound itself, and the seeds at hand do not show "
                  f"weight {best:g}'s mean to differ from it. ")
@@ -438,9 +458,9 @@ def _kl_effect(weights: dict[float, list[dict]], nelbo: dict[float, float], kl: 
             "weights with several seeds: " + (tested or "none (one seed: not tested)") + "."
             + (f" Weight{'s' if len(single) > 1 else ''} {_and(single)} {'have' if len(single) > 1 else 'has'} one "
                "seed: not tested." if single else "")
-            + " The KL weight sets how many nats the encoder may spend describing each image: a larger weight buys "
-            "codes that match the prior, so that prior samples decode to images like the training set, at the price "
-            "of detail; a smaller one buys detail at the price of codes the prior does not describe.")
+            + " In theory the KL weight sets how many nats the encoder may spend describing each image, trading "
+            "codes that match the prior, so that prior samples decode to images like the training set, for detail; "
+            "the verdicts say which of its steps these runs show.")
 
 
 def sigma_vae_markdown(by_seed: dict[Setting, list[dict]]) -> str:
@@ -474,4 +494,5 @@ def sigma_vae_markdown(by_seed: dict[Setting, list[dict]]) -> str:
         + tag("PSNR", "psnr_db") + f", and its reconstructions keep {avg(sigma, 'sharpness_ratio'):.0%} of the "
         f"real images' sharpness against {avg(fixed, 'sharpness_ratio'):.0%}"
         + tag("sharpness of reconstructions", "sharpness_ratio") + ". A −ELBO in nats per image can be negative: it "
-        "is a density of continuous pixel values, above 1 where the decoder's σ is small.")
+        "is a density of continuous pixel values, above 1 where the decoder's σ is small.\n\n"
+        + claims_markdown(claims, "this section"))
