@@ -331,9 +331,9 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=progress is not True,
                desc=f"kl_weight={cfg.kl_weight:g}", unit="batch")
-    board = Board(run_dir, cfg, steps_per_epoch, history, snapshots) if events else None
-    completed = False
+    board, completed = None, False
     try:
+        board = Board(run_dir, cfg, steps_per_epoch, history, snapshots) if events else None
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
             train, step_objectives = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch,
@@ -381,4 +381,8 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
     finally:
         bar.close()
         if board is not None:
-            board.close(quietly=not completed)  # where an error is on its way, it is the one to tell
+            try:
+                board.close(quietly=not completed)  # where an error is on its way, it is the one to tell
+            except NotWritable as e:  # the run's files are complete, its last events are not
+                raise NotWritable(e.errno, f"{e} (Run {run_dir.name} is complete; its TensorBoard events may lack "
+                                           "its last epochs.)") from None
