@@ -87,8 +87,10 @@ class RunConfig:
             ("prior_samples", self.prior_samples >= 1, "at least 1"),
             ("likelihood", self.likelihood in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-            ("seed", isinstance(self.seed, int) and self.seed >= 0, "a whole number >= 0"),
-            ("data_seed", isinstance(self.data_seed, int) and self.data_seed >= 0, "a whole number >= 0"),
+            # SeedSequence takes seeds >= 0 (runs of version 1 took any whole number)
+            ("seed", isinstance(self.seed, int) and (self.seed >= 0 or self.streams == 1), "a whole number >= 0"),
+            ("data_seed", isinstance(self.data_seed, int) and (self.data_seed >= 0 or self.streams == 1),
+             "a whole number >= 0"),
             ("streams", self.streams in (1, STREAMS_VERSION), f"1 or {STREAMS_VERSION}"),
         ]
         for name, ok, rule in checks:

@@ -16,6 +16,10 @@ share their data and held-out images), so that the spread over seeds is that of 
 * ``mmd_codes``: the prior codes decoded for the MMD and the samples' diversity;
 * ``probe``: the sampled z of the linear probe.
 
+A stream drawn on a GPU (the noise, the validation and measurement noise, the IWAE samples) gives other
+numbers than the same stream on the CPU: PyTorch's CUDA generator is another algorithm. So the measurements'
+draws are the same for every run measured on one kind of device.
+
 Each stream is a :class:`numpy.random.SeedSequence` whose entropy is the seed (or data_seed) and whose spawn
 key names the stream, ``(0 training | 1 measuring, stream, index)``; SeedSequence hashes both into the state
 it hands out (here, the seed of a :class:`torch.Generator`), so streams of different seeds, names or indices
