@@ -81,7 +81,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 # JupyterLab on the project's environment, opening the interactive explorer (as root, too: containers).
-# Its kernels talk to it over Unix sockets, not TCP ports (vaehelpers.build.LOCAL_KERNEL says why).
+# Its kernels talk to it over Unix sockets, not TCP ports (vaehelpers.execute.LOCAL_KERNEL says why).
 lab: $(VENV)/.installed
 	$(PY) -m jupyter lab notebooks/explore.ipynb --KernelManager.transport=ipc $(if $(filter 0,$(shell id -u)),--allow-root)
 

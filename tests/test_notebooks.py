@@ -125,7 +125,7 @@ def test_the_notebooks_kernels_are_local_and_print_no_tcp_warning(tmp_path, capf
     """ipykernel warns, on the user's terminal, that a kernel over TCP runs without encryption: the build's kernels
     use Unix sockets, where that does not apply (and the check can fail: papermill's default kernel warns)."""
     import nbformat
-    from vaehelpers.build import execute_notebook
+    from vaehelpers.execute import execute_notebook
 
     transport = "import json; print(json.load(open(get_ipython().config.IPKernelApp.connection_file))['transport'])"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(transport)],

@@ -17,7 +17,8 @@ import pytest
 
 from vaehelpers.__main__ import main
 from vaehelpers.params import PROJECT, run_config
-from vaehelpers.sweep import NOTEBOOKS, RunSpec, SlurmOptions, Task, run_slurm, up_to_date
+from vaehelpers.slurm import SlurmOptions, run_slurm
+from vaehelpers.sweep import NOTEBOOKS, RunSpec, Task, up_to_date
 
 from conftest import TINY
 

@@ -8,7 +8,8 @@ import pytest
 from vaehelpers.__main__ import main
 from vaehelpers.params import ParameterError
 from vaehelpers.store import Setting
-from vaehelpers.sweep import RunSpec, Sweep, local_workers, tail_threads
+from vaehelpers.local import local_workers, tail_threads
+from vaehelpers.sweep import RunSpec, Sweep
 from vaehelpers.text import comparison_coverage, latent_markdown, results_table
 
 from conftest import TINY

@@ -23,7 +23,8 @@ from papermill.exceptions import PapermillExecutionError
 from .build import build_report
 from .files import NotWritable, explain
 from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
-from .sweep import SlurmOptions, SweepFailed
+from .slurm import SlurmOptions
+from .sweep import SweepFailed
 
 CLI_SETTINGS = {
     "data": "image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)",

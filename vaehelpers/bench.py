@@ -82,7 +82,7 @@ def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[
     from .speed import Shape, choose_step, measure, precisions_here
     from .step import compiler_missing
     from .store import RunConfig
-    from .sweep import local_workers
+    from .local import local_workers
 
     dev = resolve_device(device)
     lines = []

@@ -1,5 +1,5 @@
 """The one-command build: ``build_report`` runs ``notebooks/run.ipynb`` once per run of the report's
-sweep with papermill (:mod:`vaehelpers.sweep`: here or in Slurm), then ``notebooks/report.ipynb``, and exports the executed report to a self-contained
+sweep with papermill (:mod:`vaehelpers.sweep`; :mod:`vaehelpers.local` here or :mod:`vaehelpers.slurm` in Slurm), then ``notebooks/report.ipynb``, and exports the executed report to a self-contained
 HTML file (figures embedded, mathematics as MathML, no script from a CDN) and, where LaTeX is
 installed, to PDF through nbconvert's LaTeX route. Code is hidden in both. Only the command line
 imports this module; the notebooks it runs import :mod:`vaehelpers.params`, :mod:`vaehelpers.report`
@@ -21,8 +21,10 @@ from .params import REPORT_WEIGHTS, ParameterError, check_report, check_space, r
 from .speed import Choice
 from .step import training_rate
 from .store import RunConfig
-from .sweep import (NOTEBOOKS, Executor, RunSpec, SlurmOptions, Sweep, SweepFailed, Task, estimate_seconds, execute_notebook,
-                    local_workers, run_local, run_slurm, show_notebook_output, up_to_date)
+from .execute import execute_notebook, show_notebook_output
+from .local import local_workers, run_local
+from .slurm import SlurmOptions, run_slurm
+from .sweep import NOTEBOOKS, Executor, RunSpec, Sweep, SweepFailed, Task, estimate_seconds, up_to_date
 from .train import decide, finished_run, resolve_device
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -45,7 +47,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
 
     ``settings`` are :class:`RunConfig` fields shared by every run (data, epochs, lr, ...); ``seeds`` and
     ``latent_dims`` default to ``settings``' seed and latent_dim. ``workers`` and ``threads``: the local
-    executor's (default: from the cores and the model's size, :func:`~vaehelpers.sweep.local_workers`).
+    executor's (default: from the cores and the model's size, :func:`~vaehelpers.local.local_workers`).
     ``checkpoint_every``: seconds between two writes of a run's files (default 30).
     ``compiled``: compile every run's training step (True), never (False), or where it pays (None). Here the
     precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide`) and passed to each run
@@ -59,9 +61,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
             settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
     except ValueError as e:
         raise ParameterError(str(e)) from None
-    sweep = Sweep(tuple(float(w) for w in kl_weights), tuple(seeds or (settings.get("seed", 0),)),
-                  tuple(latent_dims or (settings.get("latent_dim", 20),)), sigma_vae, tuple(extra_seeds))
-    settings = {k: v for k, v in settings.items() if k not in ("seed", "latent_dim")}
+    sweep, settings = Sweep.of(kl_weights, sigma_vae, seeds, latent_dims, extra_seeds, **settings)
     for d in sweep.latent_dims:  # everything checked before any training: the settings, device and data
         check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=d, **settings)
     specs = sweep.runs()

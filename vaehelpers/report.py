@@ -38,9 +38,7 @@ def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str =
                 **settings) -> Report:
     """Train or reuse every run of the sweep (:class:`~vaehelpers.sweep.Sweep`) and measure each.
     ``seeds`` and ``latent_dims`` default to ``settings``' seed and latent_dim."""
-    sweep = Sweep(tuple(float(w) for w in kl_weights), tuple(seeds or (settings.get("seed", 0),)),
-                  tuple(latent_dims or (settings.get("latent_dim", 20),)), sigma_vae, tuple(extra_seeds))
-    settings = {k: v for k, v in settings.items() if k not in ("seed", "latent_dim")}
+    sweep, settings = Sweep.of(kl_weights, sigma_vae, seeds, latent_dims, extra_seeds, **settings)
     check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=sweep.latent_dim, **settings)
     runs: dict[RunSpec, Run] = {}
     for spec in sweep.runs():
