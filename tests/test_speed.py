@@ -151,7 +151,11 @@ def test_a_compiled_run_matches_the_eager_one_and_resumes_exactly(tmp_path, prec
     assert whole.dir.name == eager.dir.name  # compiling changes only the rounding, not what the run is
     tolerance = 1e-4 if precision == "fp32" else 2e-2  # relative; measured: README, "Speed"
     for column, values in _without_time(eager.history).items():
-        assert whole.history[column] == pytest.approx(values, rel=tolerance, abs=1e-3), column
+        # bf16: a small term (the first epochs' KL, about 0.06-1.4 nats) may differ more, relatively, and is held
+        # to 0.1 % of the -ELBO it is part of (an AVX2 CPU, which emulates bf16, measured it 2.45 %, 0.035 nats apart)
+        split = column.split("_")[0]
+        scale = 1e-3 * max(abs(v) for v in eager.history.get(f"{split}_neg_elbo", [1.0])) if precision == "bf16" else 1e-3
+        assert whole.history[column] == pytest.approx(values, rel=tolerance, abs=scale), column
 
     def interrupt(epoch, row):
         if epoch == 1:
