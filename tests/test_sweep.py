@@ -22,7 +22,7 @@ def test_the_quick_sweep_is_six_runs_and_a_second_seed_of_the_assignments_three(
     assert runs[6:] == [RunSpec(w, "fixed", 1, 20) for w in (1.0, 100.0, 0.0)]
     assert [sweep.notebook_name(r) for r in (runs[0], runs[5], runs[7])] == [
         "run-kl1.ipynb", "run-kl1-sigma-vae.ipynb", "run-kl100-seed1.ipynb"]
-    assert sweep.describe() == ("KL weights 1, 100, 0, 0.1, 10 and the σ-VAE; seed 0, and seed 1 of weights 1 and 100 "
+    assert sweep.describe() == ("KL weights 1, 100, 0, 0.1, 10 and the σ-VAE; seed 0, and seed 1 of weights 1, 100 "
                                 "and 0; latent size 20")
     # at a second latent size, the extra seeds train weight 1 alone: the latent sizes' comparison
     assert [r for r in Sweep((1.0, 100.0, 0.0), extra_seeds=(1,), latent_dims=(20, 50), sigma_vae=False).runs()
@@ -98,7 +98,7 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
             "--latent-dims", "4,6", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert main(args) == 0
     printed = capfd.readouterr().out
-    assert re.search(r"== plan: 10 runs \(KL weights 1, 100, 0; seed 0, and seed 1 of weights 1 and 100 and 0; latent "
+    assert re.search(r"== plan: 10 runs \(KL weights 1, 100, 0; seed 0, and seed 1 of weights 1, 100 and 0; latent "
                      r"sizes 4, 6\); 0 finished, 10 to train here, 2 at a time with 1 thread each; training step fp32 \(1,000 "
                      r"images/s.*, 1 thread, base 8, .*\); so about \d+ min\.", printed)
     assert "[run-kl1-z6-seed1] kl_weight=1 epoch 2/2" in printed  # each worker's lines name their run

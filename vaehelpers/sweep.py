@@ -100,9 +100,10 @@ class Sweep:
         weights = ", ".join(f"{w:g}" for w in self.kl_weights) + (" and the σ-VAE" if self.sigma_vae else "")
         seeds = f"seed{'s' if len(self.seeds) > 1 else ''} {', '.join(map(str, self.seeds))}"
         extra = [s for s in self.extra_seeds if s not in self.seeds]
-        assignment = " and ".join(f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w in self.kl_weights)
+        three = [f"{w:g}" for w in ASSIGNMENT_WEIGHTS if w in self.kl_weights]
+        assignment = " and ".join([", ".join(three[:-1]), three[-1]] if len(three) > 1 else three)
         more = (f", and seed{'s' if len(extra) > 1 else ''} {', '.join(map(str, extra))} of weight"
-                f"{'s' if ' and ' in assignment else ''} {assignment}" if extra else "")
+                f"{'s' if len(three) > 1 else ''} {assignment}" if extra else "")
         dims = f"latent size{'s' if len(self.latent_dims) > 1 else ''} {', '.join(map(str, self.latent_dims))}"
         return f"KL weights {weights}; {seeds}{more}; {dims}"
 
