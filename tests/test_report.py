@@ -212,3 +212,9 @@ def test_learning_curve_titles_state_the_decoder_variance_used(likelihood, varia
                           label=Setting(likelihood, 1.0).label, dir=Path("."))
     titles = [ax.get_title() for ax in learning_curve(run).axes]
     assert f"−ELBO (KL counted once, {variance})" in titles
+
+
+def test_an_r2_that_rounds_to_zero_is_never_printed_negative():
+    from vaehelpers.text import _r2
+
+    assert (_r2(-0.0047), _r2(-0.3), _r2(0.531)) == ("0.00", "-0.30", "0.53")  # the default report said "-0.00"

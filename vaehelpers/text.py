@@ -394,12 +394,12 @@ def discussion(by_seed: dict[Setting, list[dict]], curves: dict[Setting, list[li
         top = max(factors, key=r2[1.0].get)
         text.append(
             f"**What the codes keep.** Read from a sampled z, as the decoder receives it, a linear probe recovers "
-            f"the built-in factors with a mean R² of {mean(overall[1.0]):.2f} at weight 1, against "
-            f"{mean(overall[0.0]):.2f} at weight 0" + tag("mean probe R², weight 0 against weight 1", overall[0.0], overall[1.0])
-            + f" and {mean(overall[100.0]):.2f} at weight 100" + tag("mean probe R², weight 100 against weight 1",
+            f"the built-in factors with a mean R² of {_r2(mean(overall[1.0]))} at weight 1, against "
+            f"{_r2(mean(overall[0.0]))} at weight 0" + tag("mean probe R², weight 0 against weight 1", overall[0.0], overall[1.0])
+            + f" and {_r2(mean(overall[100.0]))} at weight 100" + tag("mean probe R², weight 100 against weight 1",
                                                                   overall[100.0], overall[1.0])
             + f". {top.replace('_', ' ').capitalize()}, the factor with the largest mean R² at weight 1, scores "
-            f"{r2[1.0][top]:.2f} there against {r2[100.0][top]:.2f} at weight 100"
+            f"{_r2(r2[1.0][top])} there against {_r2(r2[100.0][top])} at weight 100"
             + tag(f"probe R² of {top.replace('_', ' ')}, weight 100 against weight 1",
                   [p[top] for p in probe[100.0]], [p[top] for p in probe[1.0]]) + ".")
 
@@ -415,6 +415,12 @@ def _count(x: float) -> str:
 def _sentence(c: Comparison, lower: str, higher: str, neither: str) -> str:
     """The words for a comparison of a against b: ``lower`` or ``higher`` only where the test shows it."""
     return (lower if c.difference < 0 else higher) if c.real else neither
+
+
+def _r2(value: float) -> str:
+    """An R² to two decimals, with no "-0.00" for a value that rounds to zero."""
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
 
 
 def _kl_effect(weights: dict[float, list[dict]], nelbo: dict[float, float], kl: dict[float, float],
