@@ -78,6 +78,7 @@ report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	-@$(MAKE) --no-print-directory browser
+	-@$(MAKE) --no-print-directory slurm
 	$(PY) -m pytest
 
 # JupyterLab on the project's environment, opening the interactive explorer (as root, too: containers).

@@ -20,12 +20,14 @@ from pathlib import Path
 import papermill
 import pytest
 
+from conftest import missing_part
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("chromium and chromium-driver are not installed: `make browser` installs them (apt; CI does)",
-                allow_module_level=True)
+    missing_part("chromium and chromium-driver are not installed: `make browser` installs them (apt; CI does)",
+                 module=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is missing: rebuild .venv from the lock")
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402

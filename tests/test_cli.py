@@ -8,7 +8,7 @@ import pytest
 
 from vaehelpers.__main__ import main
 
-from conftest import TINY
+from conftest import TINY, missing_part
 
 
 def test_executed_notebooks_and_html_are_written(built):
@@ -19,10 +19,10 @@ def test_executed_notebooks_and_html_are_written(built):
 def test_pdf_is_written_where_latex_is_installed(built):
     missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: `make latex` installs them (CI does)")
+        missing_part(f"{' and '.join(missing)} not installed: `make latex` installs them (CI does)")
     assert (built / "report.pdf").read_bytes().startswith(b"%PDF")
     if shutil.which("pdfinfo") is None:
-        pytest.skip("pdfinfo (poppler-utils) not installed: the PDF's pages were not counted")
+        missing_part("pdfinfo (poppler-utils) not installed: the PDF's pages were not counted")
     info = subprocess.run(["pdfinfo", str(built / "report.pdf")], capture_output=True, text=True).stdout
     assert int(re.search(r"Pages:\s+(\d+)", info).group(1)) >= 5
 

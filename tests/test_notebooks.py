@@ -96,7 +96,7 @@ def test_relative_paths_in_notebooks_start_at_the_project_folder(tmp_path, monke
 
 @pytest.mark.parametrize("name, extras", [("run.ipynb", {"device", "runs_dir", "checkpoint_every", "compiled"}),
                                           ("report.ipynb", {"device", "runs_dir", "kl_weights", "sigma_vae", "seeds",
-                                                            "latent_dims", "extra_seeds"})])
+                                                            "latent_dims", "extra_seeds", "train_missing"})])
 def test_parameter_cells_match_the_run_settings(name, extras):
     """Each parameter that is a run setting has RunConfig's type and default; the others are the notebook's own."""
     import dataclasses

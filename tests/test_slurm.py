@@ -1,6 +1,6 @@
 """--executor slurm against a real single-node Slurm cluster on this machine (`make slurm`, scripts/slurm.sh):
 sbatch, job arrays, requeue and cancellation as Slurm does them, no mock. Skipped, with the reason, where no
-cluster runs and none can be started (not root, Slurm not installed)."""
+cluster runs and none can be started (not root, Slurm not installed); a failure in CI (CI=true)."""
 
 import csv
 import os
@@ -20,7 +20,7 @@ from vaehelpers.params import PROJECT, run_config
 from vaehelpers.slurm import SlurmOptions, run_slurm
 from vaehelpers.sweep import NOTEBOOKS, RunSpec, Task, up_to_date
 
-from conftest import TINY
+from conftest import TINY, missing_part
 
 SCRIPT = PROJECT / "scripts" / "slurm.sh"
 SLURM = ["--executor", "slurm", "--cpus-per-task", "1", "--array-parallelism", "2", "--time-min", "10"]
@@ -37,12 +37,12 @@ def cluster():
         yield
         return
     if os.geteuid() != 0:
-        pytest.skip("no Slurm cluster runs here and starting one needs root: `make slurm` as root starts one")
+        missing_part("no Slurm cluster runs here and starting one needs root: `make slurm` as root starts one")
     if not Path("/usr/sbin/slurmctld").exists() or not shutil.which("sbatch"):
-        pytest.skip("Slurm is not installed: `make slurm` installs Debian's Slurm and starts a one-node cluster")
+        missing_part("Slurm is not installed: `make slurm` installs Debian's Slurm and starts a one-node cluster")
     started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True)
     if started.returncode != 0:
-        pytest.skip(f"a Slurm cluster could not be started here: {started.stderr.strip()[-300:]}")
+        missing_part(f"a Slurm cluster could not be started here: {started.stderr.strip()[-300:]}")
     yield
     subprocess.run([str(SCRIPT), "stop"], capture_output=True)
 
@@ -131,7 +131,7 @@ def test_a_failing_task_is_named_with_its_error_and_log_while_the_others_finish(
     assert not (out / "report.html").exists()
 
 
-def test_interrupting_the_wait_cancels_the_submitted_jobs(cluster, tmp_path):
+def test_interrupting_the_wait_twice_still_cancels_every_submitted_task_and_says_so(cluster, tmp_path):
     args = [sys.executable, "-m", "vaehelpers", "report", "--data", "builtin:600", "--epochs", "200",
             "--base-channels", "8", "--latent-dim", "4", "--kl-weights", "1,100,0", "--no-sigma-vae", *SLURM,
             "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
@@ -145,11 +145,46 @@ def test_interrupting_the_wait_cancels_the_submitted_jobs(cluster, tmp_path):
             break
     assert job, "".join(lines)
     assert _squeue(job)  # its tasks are in Slurm
+    proc.send_signal(signal.SIGINT)  # an impatient user: Ctrl-C twice, 5 ms apart, while the first cancels
+    time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-3000:]
     assert re.search(rf"interrupted: cancelled Slurm job {job} \(3 tasks\)", err), err
     deadline = time.monotonic() + 30
     while _squeue(job):
         assert time.monotonic() < deadline, f"Slurm job {job} still queued 30 s after the cancel: {_squeue(job)}"
         time.sleep(0.5)
+
+
+def test_a_job_slurm_does_not_know_is_lost_after_the_grace_period_and_submitted_again(cluster, tmp_path, capsys):
+    import json
+
+    from vaehelpers.slurm import read_record, run_key, slurm_dir
+
+    task = _task(tmp_path / "runs", tmp_path / "run.ipynb")
+    folder = slurm_dir(tmp_path)
+    folder.mkdir(mode=0o700)
+
+    def record(submitted: float) -> None:  # a job id this cluster never had (another cluster, a copied folder)
+        (folder / "jobs.json").write_text(json.dumps({"version": 1, "jobs": {run_key(task): {
+            "job": "987654_0", "notebook": str(task.out), "label": task.spec.label, "submitted": submitted}}}))
+        (folder / "jobs.json").chmod(0o600)
+
+    record(time.time())  # just submitted: sacct may not list it yet, so it is waited on, for the grace period
+    started = time.monotonic()
+    failures, ended = run_slurm([task], tmp_path, SlurmOptions(cpus_per_task=1, poll_s=1, lost_after_s=4))
+    assert ended and len(failures) == 1 and time.monotonic() - started < 30
+    assert re.match(r"KL weight 1, latent size 4, seed 0: Slurm job 987654_0 is unknown to Slurm \(sacct does not "
+                    r"list it\) 4 s after its submission: lost", failures[0]), failures
+    assert "still in Slurm from an earlier call: run.ipynb (job 987654_0)" in capsys.readouterr().out
+    record(time.time() - 3600)  # an hour ago: lost at once, said, and submitted again
+    run_slurm([task], tmp_path, SlurmOptions(cpus_per_task=1, time_min=5, wait=False, lost_after_s=600))
+    printed = capsys.readouterr().out
+    job = re.search(r"== submitted Slurm job (\d+): 1 task", printed).group(1)
+    subprocess.run(["scancel", job], check=True)
+    assert ("== run.ipynb: Slurm job 987654_0, submitted 60 min ago, is unknown to Slurm (sacct does not list it): "
+            "taken as lost, and submitted again") in printed
+    recorded = read_record(folder)[run_key(task)]["job"]
+    assert recorded in (job, f"{job}_0")  # submitit names a one-task array by its job id alone
+    assert (folder / recorded).stat().st_mode & 0o077 == 0  # the job's folder private, like the Slurm folder

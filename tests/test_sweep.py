@@ -117,3 +117,25 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 22
     assert main(args) == 0  # all up to date: nothing trains again
     assert not re.search(r"\b0 finished", again := capfd.readouterr().out) and "10 finished, 0 to train." in again
+
+
+def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):
+    """A report into a new --out folder executes every run notebook again, but trains only the runs not finished:
+    the plan says so (it said "0 finished, 16 to train" for 9 finished runs and 7 new ones)."""
+    import torch
+
+    from vaehelpers.build import plan
+    from vaehelpers.speed import Choice
+    from vaehelpers.store import RunConfig
+    from vaehelpers.sweep import Task
+
+    sweep = Sweep((1.0, 100.0, 0.0), sigma_vae=False)
+    tasks = [Task(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
+    cfg = RunConfig(data="builtin:150", epochs=2, base_channels=8, latent_dim=4, batch_size=50)
+    cpu = torch.device("cpu")
+    assert plan(sweep, tasks, tasks, cfg, "local", 2, 1, cpu, None, training=0) == (
+        "== plan: 3 runs (KL weights 1, 100, 0; seed 0; latent size 20); 3 finished, 0 to train (3 notebooks of "
+        "finished runs executed again, here or with the others).")
+    line = plan(sweep, tasks, tasks, cfg, "local", 2, 1, cpu, Choice("fp32", False, "measured", 1000.0), training=1)
+    assert line.startswith("== plan: 3 runs (KL weights 1, 100, 0; seed 0; latent size 20); 2 finished, 1 to train "
+                           "(2 notebooks of finished runs executed again, here or with the others) here, 2 at a time")

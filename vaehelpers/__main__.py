@@ -13,6 +13,7 @@ settings (``ASSIGNMENT``).
 from __future__ import annotations
 
 import argparse
+import signal
 import typing
 import sys
 import time
@@ -22,8 +23,9 @@ from papermill.exceptions import PapermillExecutionError
 
 from .build import build_report
 from .files import NotWritable, explain
+from .local import end_descendants
 from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
-from .slurm import SlurmOptions
+from .slurm import RecordDamaged, SlurmOptions, Untrusted
 from .sweep import SweepFailed
 
 CLI_SETTINGS = {
@@ -79,6 +81,14 @@ def _weights(text: str) -> list[float]:
     if not weights or any(not 0 <= w < float("inf") for w in weights):
         raise argparse.ArgumentTypeError(f"--kl-weights needs finite weights, none negative; got {text!r}.")
     return weights
+
+
+def _terminated(signum, frame):
+    """SIGINT or SIGTERM: stop (the workers and kernels end, the runs keep their last checkpoints, Slurm tasks this
+    call submitted are cancelled), ignoring any further one, so that the clean-up is never cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def run_summaries(runs_dir: str) -> list[str]:
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     slurm_options = SlurmOptions(args.partition, args.gpus_per_task, args.cpus_per_task, args.time_min,
                                  args.array_parallelism, dict(args.sbatch), args.wait)
     started = time.perf_counter()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C; `timeout`, a batch scheduler, a closing terminal
+        signal.signal(sig, _terminated)
     try:
         written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
                                kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae,
@@ -230,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     except SweepFailed as e:  # some runs failed, each named with its error and log; the others finished
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # what was cancelled has been said
+    except KeyboardInterrupt:  # what was cancelled has been said; no process this one started outlives it
+        end_descendants()
         return 130
-    except ParameterError as e:  # found before any notebook ran
+    except (ParameterError, Untrusted, RecordDamaged) as e:  # found before any notebook ran, or a Slurm folder refused
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk or a read-only folder: said in one sentence (files.NotWritable)

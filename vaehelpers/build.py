@@ -8,6 +8,7 @@ and :mod:`vaehelpers.text`.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from dataclasses import replace
@@ -69,8 +70,8 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
                                 latent_dim=spec.latent_dim, **settings) for spec in specs}
     main = configs[specs[0]]
     dev = resolve_device(device)  # checked by check_report; resolved once, here
-    data_key = main.load_images().key
-    training = [spec for spec in specs if finished_run(configs[spec], runs_path, data_key) is None]
+    data = main.load_images()
+    training = [spec for spec in specs if finished_run(configs[spec], runs_path, data) is None]
     asked_workers = workers
     if executor == "local":  # the threads each run will train with, for the decision below
         auto_workers, auto_threads = local_workers(max(1, len(training)), main.base_channels, main.image_size, device)
@@ -103,9 +104,10 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
         auto_workers, auto_threads = local_workers(len(todo), main.base_channels, main.image_size, device)
         workers = min(asked_workers or auto_workers, len(todo))
         threads = auto_threads if workers > 1 else 0
-    todo_choice = next((choices[t.spec] for t in todo if t.spec in training and t.spec in choices), None)
-    todo_choice = next((choices[t.spec] for t in todo if t.spec in choices), None)
-    print(plan(sweep, tasks, todo, main, executor, workers or 1, threads or 0, dev, todo_choice), flush=True)
+    to_train = [t for t in todo if t.spec in training]
+    todo_choice = next((choices[t.spec] for t in to_train if t.spec in choices), None)
+    print(plan(sweep, tasks, todo, main, executor, workers or 1, threads or 0, dev, todo_choice, len(to_train)),
+          flush=True)
     if todo:
         if executor == "slurm":
             failures, ended = run_slurm(todo, runs_path, slurm or SlurmOptions())
@@ -117,8 +119,11 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
             others = ", the others finished" if len(failures) < len(todo) else ""
             raise SweepFailed(f"{len(failures)} of {len(todo)} runs failed{others}: " + "; ".join(failures))
     print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
+    # The report trains nothing (every run was trained above: a missing one is an error, never trained here) and
+    # measures nothing a run notebook measured; after Slurm it needs no GPU (a login node has none).
     execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
-                     parameters=dict(common, kl_weights=list(sweep.kl_weights), sigma_vae=sigma_vae,
+                     parameters=dict(common, device="cpu" if executor == "slurm" else device, train_missing=False,
+                                     kl_weights=list(sweep.kl_weights), sigma_vae=sigma_vae,
                                      seeds=list(sweep.seeds), latent_dims=list(sweep.latent_dims),
                                      extra_seeds=list(sweep.extra_seeds)))
     html = export_html(out / "report.ipynb", out / "report.html")
@@ -140,12 +145,16 @@ def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: P
 
 
 def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, executor: Executor, workers: int,
-         threads: int, dev: torch.device, choice: Choice | None = None) -> str:
+         threads: int, dev: torch.device, choice: Choice | None = None, training: int | None = None) -> str:
     """What a sweep will do, before it does it: its runs, how many are finished, how they train (``choice``, the
-    decision the runs get) and how long the others take at the rate measured here."""
-    text = (f"== plan: {len(tasks)} runs ({sweep.describe()}); {len(tasks) - len(todo)} finished, "
-            f"{len(todo)} to train")
-    if not todo:
+    decision the runs get) and how long the others take at the rate measured here. ``training``: how many of the
+    ``todo`` notebooks have a run to train (default all); the others only execute again for a finished run."""
+    training = len(todo) if training is None else training
+    again = len(todo) - training
+    text = (f"== plan: {len(tasks)} runs ({sweep.describe()}); {len(tasks) - training} finished, {training} to train"
+            + (f" ({again} notebook{'s' if again > 1 else ''} of finished runs executed again, here or with the "
+               "others)" if again else ""))
+    if not training:
         return text + "."
     images = round(len(cfg.load_images()) * (1 - cfg.val_fraction))
     if executor == "slurm" or choice is None or not choice.rate:
@@ -166,7 +175,7 @@ def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, exec
                 "its speed (the nodes' may differ).")
     where = (f"{workers} at a time with {threads} thread{'s' if threads > 1 else ''} each" if workers > 1
              else "one at a time")
-    seconds = estimate_seconds(len(todo), cfg.epochs, images, rate, workers)
+    seconds = estimate_seconds(training, cfg.epochs, images, rate, workers) + math.ceil(again / workers) * 15
     how = f"training step {choice.describe()}" if choice else f"{precision} training measured {rate:,.0f} images/s"
     return text + f" here, {where}; {how}; so about {seconds / 60:.0f} min."
 

@@ -15,6 +15,7 @@ kept as one uint8 tensor N×3×S×S and cached on disk (:mod:`vaehelpers.cache`)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ class ImageSet:
     generative factors (one float32 array of length N each) for the built-in face set,
     and is empty for other sources. ``skipped`` counts files that could not be used; ``converted``
     counts the images each conversion of :data:`~vaehelpers.decode.CONVERSIONS` changed.
-    ``key`` identifies the source's files and the preprocessing (the cache key).
+    ``key`` identifies the source by its content and the preprocessing (:func:`content_key`): it names the
+    source's runs, which moving or copying the data keeps; ``path_key`` by its paths and times (the cache key).
     """
 
     images: torch.Tensor
@@ -54,6 +56,10 @@ class ImageSet:
     skipped: int = 0
     factors: dict[str, np.ndarray] = field(default_factory=dict)
     converted: dict[str, int] = field(default_factory=dict)
+    path_key: str = ""  # the key runs were named by before content keys: the source's paths and times (the cache's)
+
+    def __post_init__(self) -> None:
+        self.path_key = self.path_key or self.key
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -125,13 +131,53 @@ def load_images(
             if cached is not None:
                 images, factors, meta = cached
                 _say(meta, name)  # a cached load says what it left out and converted, too
-                return ImageSet(images, name, key, len(meta["skipped_entries"]), factors, _counts(meta, len(images)))
+                content = meta.get("content_key") or content_key(description, None if n_builtin else path)
+                return ImageSet(images, name, content, len(meta["skipped_entries"]), factors,
+                                _counts(meta, len(images)), key)
             data, meta = _build(description, name, key, image_size, seed, None if n_builtin else path)
-            write_entry(cache, key, data.images, data.factors, meta)
+            write_entry(cache, key, data.images, data.factors, {**meta, "content_key": data.key})
     except NotWritable as e:  # the cache only saves time: go on without it
         warnings.warn(f"{e} Until then the images are loaded without the cache, decoded anew at every load.",
                       stacklevel=user_stacklevel())
     return data if data is not None else _build(description, name, key, image_size, seed, None if n_builtin else path)[0]
+
+
+CONTENT_SAMPLE = 64
+"""Files of a folder whose bytes its content key hashes (evenly spaced in name order), beside every file's
+relative name and size: a copy or a move keeps the key, a changed, added, removed or renamed file changes it
+(a changed file of the same size only where it is in the sample)."""
+
+
+def content_key(description: dict, path: Path | None) -> str:
+    """The key that names the runs of a source: its content, never its absolute path or times. An array file:
+    the SHA-256 of its bytes; a folder: every file's relative name and size and the bytes of
+    :data:`CONTENT_SAMPLE` of them; the built-in set: its description (size, seed), as before."""
+    if description["kind"] == "builtin":
+        return cache_key(description)
+    if description["kind"] == "array":
+        content = {"sha256": _sha256(path)}  # type: ignore[arg-type]
+    else:
+        files = description["files"]
+        step = max(1, len(files) // CONTENT_SAMPLE)
+        sample = hashlib.sha256()
+        for relative, *_ in files[::step][:CONTENT_SAMPLE]:
+            sample.update(f"{relative}\0{_sha256(path / relative)}\0".encode())  # type: ignore[operator]
+        content = {"files": [f[:2] for f in files], "sample": sample.hexdigest(), "unlisted": description["unlisted"],
+                   "decoder": description["decoder"]}
+    return cache_key({"kind": description["kind"], "named_by": "content", **content,
+                      "image_size": description["image_size"]})
+
+
+def _sha256(file: Path) -> str:
+    """The SHA-256 of a file's bytes ("unreadable" where it cannot be read: the load skips it and says so)."""
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return "unreadable"
+    return digest.hexdigest()
 
 
 def _say(meta: dict, name: str) -> None:
@@ -163,7 +209,8 @@ def _build(description: dict, name: str, key: str, image_size: int, seed: int,
         converted = [["", note] for note in notes]
     meta = {"source": name, "entries": len(images) + len(skipped), "skipped_entries": skipped, "converted": converted}
     _say(meta, name)
-    return ImageSet(images, name, key, len(skipped), factors, _counts(meta, len(images))), meta
+    return ImageSet(images, name, content_key(description, path), len(skipped), factors, _counts(meta, len(images)),
+                    key), meta
 
 
 def _counts(meta: dict, count: int) -> dict[str, int]:

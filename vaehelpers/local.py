@@ -50,6 +50,27 @@ def tail_threads(threads: int, workers: int, tail: int) -> int:
     return max(threads, threads * workers // tail) if tail else threads
 
 
+def end_descendants(grace_s: float = 5.0) -> int:
+    """End every process this one started, and theirs (pool workers, their kernels, which run in sessions of their
+    own, multiprocessing's resource tracker): SIGTERM, then SIGKILL after ``grace_s``. Returns how many there were."""
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(procs)
+
+
 def run_local(tasks: list[Task], workers: int, threads: int) -> list[str]:
     """Train ``tasks`` on ``workers`` processes of ``threads`` threads each; one worker trains in this process,
     as a single run always did. Returns one line per failed run (its error and its notebook); the others finish."""
@@ -60,9 +81,7 @@ def run_local(tasks: list[Task], workers: int, threads: int) -> list[str]:
             print(f"== run {i} of {len(tasks)}, {task.spec.label}: notebooks/run.ipynb -> {task.out}", flush=True)
             try:
                 execute_run(task)
-            except Exception as e:
-                if not hasattr(e, "evalue"):
-                    raise
+            except Exception as e:  # a failed notebook or a dead kernel, as the pool records them: the rest go on
                 failures.append(f"{task.spec.label}: {error_text(e)} (notebook {task.out})")
                 print(f"== run {task.spec.label} failed: {error_text(e)}", flush=True)
         return failures
@@ -89,8 +108,9 @@ def run_local(tasks: list[Task], workers: int, threads: int) -> list[str]:
                 print(f"== {done} of {len(tasks)} failed: {task.spec.label}: {error_text(e)}", flush=True)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
-        print("interrupted: the runs being trained stop; their last checkpoints stay and resume next time",
-              file=sys.stderr, flush=True)
+        ended = end_descendants()
+        print(f"interrupted: the runs being trained stop ({ended} worker and kernel processes ended); their last "
+              "checkpoints stay and resume next time", file=sys.stderr, flush=True)
         raise
     pool.shutdown()
     failures += [failed[i] for i in sorted(failed)]  # in the sweep's order

@@ -16,7 +16,7 @@ from .data import parse_builtin
 from .files import ensure_writable, free_bytes, no_room
 from .objective import Likelihood
 from .store import RunConfig, run_bytes
-from .train import check_split, existing_precisions, resolve_device
+from .train import GPUUnusable, check_split, existing_precisions, existing_run, resolve_device
 
 PROJECT = Path(__file__).resolve().parent.parent
 ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
@@ -90,6 +90,8 @@ def check_device(device: str) -> torch.device:
     """The device a notebook parameter names, or a :class:`ParameterError`."""
     try:
         dev = resolve_device(device)
+    except GPUUnusable as e:
+        raise ParameterError(str(e)) from None
     except (RuntimeError, TypeError):
         raise ParameterError(f"Parameter device = {device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'mps'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -127,7 +129,7 @@ def check_space(configs: list[RunConfig], runs_dir: Path, out_dir: Path, report_
         warnings.simplefilter("ignore")
         data = configs[0].load_images()
     def trained(cfg: RunConfig) -> bool:
-        found = existing_precisions(cfg, runs_dir, data.key)
+        found = existing_precisions(existing_run(cfg, runs_dir, data), runs_dir, data)
         return bool(found) if cfg.precision == "auto" else cfg.precision in found
 
     todo = [cfg for cfg in configs if not trained(cfg)]

@@ -8,7 +8,7 @@ from .measure import measure_run
 from .params import check_report, project_path, run_config
 from .store import Run, Setting
 from .sweep import RunSpec, Sweep
-from .train import fit
+from .train import finished_run, fit
 
 
 @dataclass
@@ -33,18 +33,39 @@ class Report:
         return [self.runs[1.0], self.runs[100.0], self.runs[0.0]]
 
 
+class RunsMissing(RuntimeError):
+    """Runs of the report that the sweep has not trained, where the report may not train them itself."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"RunsMissing: {self}"]
+
+
 def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str = "runs", device: str = "auto",
                 seeds: list[int] | None = None, latent_dims: list[int] | None = None, extra_seeds: list[int] = (),
-                **settings) -> Report:
-    """Train or reuse every run of the sweep (:class:`~vaehelpers.sweep.Sweep`) and measure each.
-    ``seeds`` and ``latent_dims`` default to ``settings``' seed and latent_dim."""
+                train_missing: bool = True, **settings) -> Report:
+    """Train or reuse every run of the sweep (:class:`~vaehelpers.sweep.Sweep`) and measure each (a run's stored
+    measurements are reused). ``seeds`` and ``latent_dims`` default to ``settings``' seed and latent_dim.
+
+    ``train_missing`` False (the build, after its executor trained the runs): every run is found by its identity
+    (a run of precision "auto" in whichever precision it was trained, :func:`~vaehelpers.train.finished_run`)
+    and none is trained here; missing ones raise :class:`RunsMissing`, naming them."""
     sweep, settings = Sweep.of(kl_weights, sigma_vae, seeds, latent_dims, extra_seeds, **settings)
     check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=sweep.latent_dim, **settings)
     runs: dict[RunSpec, Run] = {}
+    missing: list[str] = []
     for spec in sweep.runs():
         cfg = run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
                          latent_dim=spec.latent_dim, **settings)
-        runs[spec] = fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs")
+        if train_missing:
+            runs[spec] = fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs")
+        elif (done := finished_run(cfg, project_path(runs_dir), cfg.load_images())) is not None:
+            runs[spec] = done
+        else:
+            missing.append(spec.label)
+    if missing:
+        raise RunsMissing(f"{len(missing)} of {len(sweep.runs())} runs of the report are not trained under "
+                          f"{project_path(runs_dir)} ({'; '.join(missing)}), and the report trains none itself: "
+                          "`python -m vaehelpers report` with the same options trains them (here or in Slurm).")
     measured = {spec: measure_run(run, device=device) for spec, run in runs.items()}
 
     main = {spec: run for spec, run in runs.items() if spec.seed == sweep.seed and spec.latent_dim == sweep.latent_dim}

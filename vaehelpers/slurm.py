@@ -4,8 +4,12 @@ resumes from its last checkpoint (:mod:`vaehelpers.train`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import signal
+import stat
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from .cache import default_cache_dir
 from .execute import error_text, execute_run
-from .files import write_atomic
+from .files import locked, write_atomic
 from .sweep import Task
 
 
@@ -33,6 +37,7 @@ class SlurmOptions:
     sbatch: dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. {"account": "mylab"}
     wait: bool = True  # False: submit, print the job id and return; the same command renders later
     poll_s: float = 10.0  # seconds between two looks at the tasks: one sacct call for all of them
+    lost_after_s: float = 600.0  # a job sacct still does not list this long after its submission is lost
 
 
 try:
@@ -50,6 +55,7 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
         # KillWait. submitit ignores the SIGTERM; the notebook's kernel, which inherits this, must too: otherwise
         # it dies first, and the task records a failure ("Kernel died") instead of being started again.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.umask(0o077)  # the result pickle submitit writes after this call: private
         try:
             return execute_run(task, threads=threads)
         except Exception as e:
@@ -59,94 +65,213 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
 
 
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
-             "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
-"""Slurm job states in which a task may still finish its run (UNKNOWN: submitted, not yet seen by sacct)."""
+             "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
+"""Slurm job states in which a task may still finish its run: those submitit counts as unfinished (PREEMPTED
+included: submitit requeues a preempted Checkpointable task), and Slurm's other states of a job not yet ended.
+UNKNOWN, a job sacct does not list, is in flight only for ``SlurmOptions.lost_after_s`` after its submission."""
 
 
-def _submitted_file(runs_dir: Path) -> Path:
-    return runs_dir / "slurm" / "submitted.json"
+class Untrusted(RuntimeError):
+    """A Slurm folder or file another user owns or could write: never read, never unpickled."""
 
 
-def _slurm_folder(runs_dir: Path) -> Path:
-    return runs_dir / "slurm" / "%j"
+def check_trusted(path: Path) -> None:
+    """Refuse ``path`` (the Slurm folder, a job's folder, its record or a result pickle) unless this user owns it
+    and no one else may write it: unpickling a task's result runs code, and a job record names what to wait on."""
+    st = path.lstat()
+    why = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
+           else f"belongs to user id {st.st_uid}, not to you ({os.getuid()})" if st.st_uid != os.getuid()
+           else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})" if st.st_mode & 0o022
+           else None)
+    if why:
+        raise Untrusted(f"{path} {why}, so it is not read: a file planted there could run code in this process; "
+                        f"remove it (or, where you trust it, `chmod go-w` it) and run the command again.")
+
+
+def slurm_dir(runs_dir: Path) -> Path:
+    """``<runs>/slurm``: the job record, the tasks' pickles and logs; created private (0700)."""
+    return Path(runs_dir) / "slurm"
+
+
+def _private(folder: Path) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_trusted(folder)
+    return folder
+
+
+def run_key(task: Task) -> str:
+    """A run's identity in the job record: its notebook's parameters (the run's settings, data, runs folder and
+    decisions), so that a call with other epochs, rate or data never waits on an array trained for another."""
+    return hashlib.sha256(json.dumps(task.parameters, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+RECORD_VERSION = 1
+
+
+class RecordDamaged(ValueError):
+    """The job record cannot be what this module wrote."""
+
+
+def read_record(folder: Path) -> dict[str, dict]:
+    """The job record of ``folder`` (``jobs.json``): run key -> {"job", "notebook", "label", "submitted"}; empty
+    where there is none. Checked before use: this user's, not writable by others, and no job id twice."""
+    path = folder / "jobs.json"
+    if not path.exists():
+        return {}
+    check_trusted(path)
+    try:
+        data = json.loads(path.read_text())
+        jobs = data["jobs"] if data.get("version") == RECORD_VERSION else None
+        ids = [entry["job"] for entry in jobs.values()] if isinstance(jobs, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ids = None
+    if ids is None:
+        raise RecordDamaged(f"The Slurm job record {path} is damaged (not the record this program writes): check "
+                            f"`squeue --me` for tasks still running, then remove the file and run the command again.")
+    shared = sorted({i for i in ids if ids.count(i) > 1})
+    if shared:
+        raise RecordDamaged(f"The Slurm job record {path} is damaged: job {shared[0]} is recorded for "
+                            f"{ids.count(shared[0])} runs, and a task trains one: check `squeue --me` for tasks still "
+                            "running, then remove the file and run the command again.")
+    return jobs
+
+
+def _signals_deferred():
+    """Block SIGINT and SIGTERM until the ``with`` ends (then a pending one is delivered)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def deferred():
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    return deferred()
+
+
+def _interrupted(signum, frame):
+    """SIGINT or SIGTERM while the tasks are submitted or waited on: any further one is ignored until the tasks
+    this call submitted are cancelled and said (GNU ``timeout`` and an impatient second Ctrl-C send one more)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple[list[str], bool]:
     """Send ``tasks`` to Slurm as one job array, except those a task submitted earlier still trains; wait for
     them all (showing finished / running / pending), unless ``options.wait`` is False.
 
-    Returns the failed runs (error and log, one line each) and whether every task ended. Interrupting the
-    wait cancels every task this call submitted and says so.
+    The job record (``<runs>/slurm/jobs.json``, keyed by :func:`run_key`) is read, updated and written under a
+    lock, with SIGINT and SIGTERM deferred from the submission until it is written, so no job is lost or
+    recorded twice. Returns the failed or lost runs (one line each) and whether every task ended. A SIGINT or
+    SIGTERM while waiting cancels every task this call submitted, once, and says which.
     """
     import submitit
 
-    record_file = _submitted_file(runs_dir)
-    try:
-        record = json.loads(record_file.read_text()) if record_file.exists() else {}
-    except ValueError:
-        record = {}
-    jobs: dict[str, tuple[Task, submitit.Job]] = {}
-    for task in tasks:  # still running from an earlier call: wait for it rather than train it twice
-        job_id = record.get(str(task.out))
-        if job_id:
-            job = submitit.SlurmJob(folder=_slurm_folder(runs_dir), job_id=job_id)
-            if job.state in IN_FLIGHT:
-                jobs[task.name] = (task, job)
-    new = [task for task in tasks if task.name not in jobs]
-    if jobs:
-        print(f"== {len(jobs)} run{'s' if len(jobs) > 1 else ''} still in Slurm from an earlier call: "
-              + ", ".join(f"{t.name} (job {j.job_id})" for t, j in jobs.values()), flush=True)
+    folder = _private(slurm_dir(runs_dir))
+    handlers = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     submitted: list = []
-    if new:
-        executor = submitit.AutoExecutor(folder=_slurm_folder(runs_dir), cluster="slurm")
-        executor.update_parameters(
-            name="vae-sweep", timeout_min=options.time_min, cpus_per_task=options.cpus_per_task,
-            slurm_array_parallelism=options.array_parallelism,
-            **({"slurm_partition": options.partition} if options.partition else {}),
-            **({"slurm_gpus_per_task": options.gpus_per_task} if options.gpus_per_task else {}),
-            **({"slurm_additional_parameters": dict(options.sbatch)} if options.sbatch else {}))
-        submitted = executor.map_array(RunTask(), new, [options.cpus_per_task] * len(new))
-        for task, job in zip(new, submitted):
-            jobs[task.name] = (task, job)
-            record[str(task.out)] = job.job_id
-        record_file.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record_file, json.dumps(record, indent=1).encode())
-        array = submitted[0].job_id.split("_")[0]
-        print(f"== submitted Slurm job {array}: {len(new)} task{'s' if len(new) > 1 else ''} "
-              f"({', '.join(t.name for t in new)}); logs in {runs_dir / 'slurm' / array}_<task>/. The tasks read and "
-              f"write {runs_dir}, {new[0].out.parent} and the data cache {default_cache_dir()}: every node must see "
-              "them at these paths (a shared filesystem)", flush=True)
-    if not options.wait:
-        return [], False
     try:
-        return _wait(list(jobs.values()), options.poll_s), True
+        with locked(folder / "jobs.lock", f"the Slurm job record of {runs_dir}"):
+            record = read_record(folder)
+            jobs: dict[str, tuple[Task, submitit.Job, float]] = {}
+            for task in tasks:  # still running from an earlier call: wait for it rather than train it twice
+                entry = record.get(run_key(task))
+                if entry:
+                    job = submitit.SlurmJob(folder=folder / "%j", job_id=entry["job"])
+                    age = time.time() - entry["submitted"]
+                    if job.state in IN_FLIGHT or (job.state == "UNKNOWN" and age < options.lost_after_s):
+                        jobs[run_key(task)] = (task, job, entry["submitted"])
+                    elif job.state == "UNKNOWN" and not job.paths.result_pickle.exists():
+                        print(f"== {task.name}: Slurm job {entry['job']}, submitted {_duration(age)} ago, is unknown "
+                              "to Slurm (sacct does not list it): taken as lost, and submitted again", flush=True)
+            new = [task for task in tasks if run_key(task) not in jobs]
+            if jobs:
+                print(f"== {len(jobs)} run{'s' if len(jobs) > 1 else ''} still in Slurm from an earlier call: "
+                      + ", ".join(f"{t.name} (job {j.job_id})" for t, j, _ in jobs.values()), flush=True)
+            if new:
+                executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+                executor.update_parameters(
+                    name="vae-sweep", timeout_min=options.time_min, cpus_per_task=options.cpus_per_task,
+                    slurm_array_parallelism=options.array_parallelism,
+                    **({"slurm_partition": options.partition} if options.partition else {}),
+                    **({"slurm_gpus_per_task": options.gpus_per_task} if options.gpus_per_task else {}),
+                    **({"slurm_additional_parameters": dict(options.sbatch)} if options.sbatch else {}))
+                umask = os.umask(0o077)  # the job folders and pickles private; sbatch passes the umask to the tasks
+                try:
+                    with _signals_deferred():
+                        submitted = executor.map_array(RunTask(), new, [options.cpus_per_task] * len(new))
+                        now = time.time()
+                        for task, job in zip(new, submitted):
+                            jobs[run_key(task)] = (task, job, now)
+                            record[run_key(task)] = {"job": job.job_id, "notebook": str(task.out),
+                                                     "label": task.spec.label, "submitted": now}
+                        write_atomic(folder / "jobs.json", json.dumps({"version": RECORD_VERSION, "jobs": record},
+                                                                      indent=1).encode())
+                finally:
+                    os.umask(umask)
+                array = submitted[0].job_id.split("_")[0]
+                print(f"== submitted Slurm job {array}: {len(new)} task{'s' if len(new) > 1 else ''} "
+                      f"({', '.join(t.name for t in new)}); logs in {folder / array}_<task>/. The tasks read and "
+                      f"write {runs_dir}, {new[0].out.parent} and the data cache {default_cache_dir()}: every node "
+                      "must see them at these paths (a shared filesystem)", flush=True)
+        return (_wait(list(jobs.values()), options), True) if options.wait else ([], False)
     except KeyboardInterrupt:
-        for job in submitted:
-            job.cancel(check=False)
-        ids = sorted({job.job_id.split("_")[0] for job in submitted})
-        print(f"interrupted: cancelled Slurm job {', '.join(ids)} ({len(submitted)} tasks); finished runs stay, "
-              "and the others resume from their last checkpoints when the command runs again"
-              if submitted else "interrupted: nothing this call submitted was running", file=sys.stderr, flush=True)
+        print(_cancel(submitted), file=sys.stderr, flush=True)
         raise
+    finally:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # else interrupted: the process is ending, and
+            for s, handler in handlers.items():                      # a further signal stays ignored (_interrupted)
+                signal.signal(s, handler)
 
 
-def _wait(jobs: list, poll_s: float) -> list[str]:
-    """Wait for every (task, job), printing the counts when they change; the failed ones, one line each."""
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _cancel(submitted: list) -> str:
+    """Cancel every task of ``submitted`` with one scancel call; what was cancelled, in one line."""
+    if not submitted:
+        return "interrupted: nothing this call submitted was running"
+    arrays = sorted({job.job_id.split("_")[0] for job in submitted})
+    done = subprocess.run(["scancel", *arrays], capture_output=True, text=True)
+    if done.returncode != 0:
+        return (f"interrupted: scancel {' '.join(arrays)} failed ({done.stderr.strip() or done.returncode}): cancel "
+                "those jobs yourself (`scancel " + " ".join(arrays) + "`)")
+    return (f"interrupted: cancelled Slurm job {', '.join(arrays)} ({len(submitted)} tasks); finished runs stay, and "
+            "the others resume from their last checkpoints when the command runs again")
+
+
+def _wait(jobs: list, options: SlurmOptions) -> list[str]:
+    """Wait for every (task, job, submitted), printing the counts when they change; the failed ones and the lost
+    ones (unknown to Slurm ``options.lost_after_s`` after their submission), one line each. A job's folder and
+    result are checked (:func:`check_trusted`) before submitit unpickles its result."""
     failed: dict[int, str] = {}
     pending = dict(enumerate(jobs))
     shown, started = None, time.perf_counter()
     while pending:
         jobs[0][1].watcher.update()  # one sacct call for every task (submitit's own refresh slows to 10 min)
-        for key, (task, job) in list(pending.items()):
-            if job.done():
+        for key, (task, job, submitted) in list(pending.items()):
+            if job.state == "UNKNOWN" and time.time() - submitted > options.lost_after_s:
                 del pending[key]
+                failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} is unknown to Slurm (sacct does not list "
+                               f"it) {_duration(options.lost_after_s)} after its submission: lost; the command "
+                               "submits it again when run again")
+                print(f"== lost: {failed[key]}", flush=True)
+            elif job.done():
+                del pending[key]
+                for path in (job.paths.folder, job.paths.result_pickle):
+                    if path.exists():
+                        check_trusted(path)
                 error = job.exception()
                 if error is not None:
                     log = job.paths.stderr
                     failed[key] = f"{task.spec.label}: {_job_error(error)} (Slurm job {job.job_id}, log {log})"
                     print(f"== failed: {task.spec.label} (Slurm job {job.job_id}): {_job_error(error)}; log: {log}",
                           flush=True)
-        states = [job.state for _, job in pending.values()]
+        states = [job.state for _, job, _ in pending.values()]
         running = sum(s in ("RUNNING", "COMPLETING") for s in states)
         counts = (len(jobs) - len(pending), running, len(pending) - running)
         if counts != shown:
@@ -154,7 +279,7 @@ def _wait(jobs: list, poll_s: float) -> list[str]:
             print(f"== Slurm, {time.perf_counter() - started:.0f} s: {counts[0]} of {len(jobs)} finished, "
                   f"{counts[1]} running, {counts[2]} pending", flush=True)
         if pending:
-            time.sleep(poll_s)
+            time.sleep(options.poll_s)
     print(f"== {len(jobs) - len(failed)} of {len(jobs)} runs trained in Slurm in {time.perf_counter() - started:.0f} s",
           flush=True)
     return [failed[key] for key in sorted(failed)]  # in the sweep's order

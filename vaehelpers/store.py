@@ -75,6 +75,7 @@ class RunConfig:
     likelihood: Likelihood = "fixed"  # "fixed": σ² = 1/2 (the assignment's summed MSE); "sigma-vae": σ² optimal
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # of the training steps; "auto": measured, see vaehelpers.speed
     streams: int = STREAMS_VERSION  # the random streams: 2, independent (vaehelpers.streams); 1, runs trained before
+    data_identity: int = 2  # what names the data in the run's identity: 2, its content; 1, its path (runs trained before)
 
     def __post_init__(self) -> None:
         checks = [
@@ -92,6 +93,7 @@ class RunConfig:
             ("data_seed", isinstance(self.data_seed, int) and (self.data_seed >= 0 or self.streams == 1),
              "a whole number >= 0"),
             ("streams", self.streams in (1, STREAMS_VERSION), f"1 or {STREAMS_VERSION}"),
+            ("data_identity", self.data_identity in (1, 2), "1 or 2"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -108,13 +110,20 @@ class RunConfig:
         built-in face set, never ``seed``."""
         return load_images(self.data, self.image_size, seed=self.data_seed, cache_dir=cache_dir)
 
-    def run_name(self, data_key: str) -> str:
-        """Readable folder name from the main settings, plus a hash of all of them and of the data."""
+    def run_name(self, data: ImageSet | str) -> str:
+        """Readable folder name from the main settings, plus a hash of all of them and of the data: its content
+        key (:func:`~vaehelpers.data.content_key`, not its path, so that moving the data keeps the run's name), or,
+        for a run of ``data_identity`` 1, its path and times, as such runs were named. ``data``: the image set,
+        or the key itself."""
         fields = asdict(self)
         if self.data_seed == self.seed:  # as runs were named when the seed chose the data too: their names stay
             del fields["data_seed"]
         if self.streams == 1:  # as runs were named before their streams were independent: their names stay
             del fields["streams"]
+        del fields["data_identity"]  # the key says it, and built-in sets (no path) keep their names
+        if self.data_identity == 2 and not self.data.startswith("builtin"):
+            del fields["data"]  # where the data lies is not what it is
+        data_key = data if isinstance(data, str) else data.key if self.data_identity == 2 else data.path_key
         text = json.dumps({**fields, "data_key": data_key}, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
@@ -293,8 +302,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     info = read_json(run_dir / "config.json")
     try:
         # a config.json written before data_seed existed: the seed chose the data and the split; before streams
-        # existed: the streams of version 1
-        cfg = RunConfig(**{"data_seed": info["config"].get("seed", 0), "streams": 1, **info["config"]})
+        # existed: the streams of version 1; before data_identity: the data named by its path
+        cfg = RunConfig(**{"data_seed": info["config"].get("seed", 0), "streams": 1, "data_identity": 1,
+                            **info["config"]})
         if not {"val_indices", "train"} <= set(info["split"]) or "device" not in info or "data" not in info:
             raise KeyError("split, data or device")
     except (AttributeError, KeyError, TypeError, ValueError) as e:

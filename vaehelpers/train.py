@@ -70,13 +70,68 @@ def _emulation_rates(base_channels: int, image_size: int, latent_dim: int, batch
                                image_size=image_size, latent_dim=latent_dim) for p in ("fp32", "bf16"))
 
 
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+"""Where the loaded NVIDIA kernel driver states its version (replaced in tests by a file of their own)."""
+
+
+class GPUUnusable(RuntimeError):
+    """An NVIDIA driver is here but this PyTorch cannot use its GPU: ``auto`` stops rather than train on the CPU."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"GPUUnusable: {self}"]
+
+
+def nvidia_driver() -> str | None:
+    """The version of the NVIDIA driver loaded here (its /proc file, else ``nvidia-smi``), or None where none is."""
+    import re
+    import shutil
+    import subprocess
+
+    try:
+        text = NVIDIA_DRIVER.read_text()
+    except OSError:
+        text = ""
+    if text:
+        found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(r"\d+\.\d+(?:\.\d+)?", text)
+        return found.group(found.lastindex or 0) if found else text.splitlines()[0].strip()
+    if NVIDIA_DRIVER == Path("/proc/driver/nvidia/version") and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            out = []
+        return out[0] if out else None
+    return None
+
+
+def _gpu_hidden() -> bool:
+    """Whether CUDA_VISIBLE_DEVICES hides every GPU on purpose (empty, -1, or Slurm's NoDevFiles)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return value is not None and value.strip() in ("", "-1", "NoDevFiles")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; but where an NVIDIA driver is loaded and PyTorch
+    cannot use its GPU (a wheel built for a newer CUDA than the driver serves, or a CPU build), it raises
+    :class:`GPUUnusable` with the driver's version, the wheel's CUDA version and the fix, rather than train on
+    the CPU for hours without a word. ``"cpu"`` always works."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
+        driver = None if _gpu_hidden() else nvidia_driver()
+        if driver:
+            try:
+                torch.cuda.init()
+                reason = "it sees no GPU"
+            except (RuntimeError, AssertionError) as e:
+                reason = str(e).split(". ")[0].strip().rstrip(".")
+            wheel = (f"PyTorch {torch.__version__} is built for CUDA {torch.version.cuda}" if torch.version.cuda
+                     else f"PyTorch {torch.__version__} is a CPU build")
+            raise GPUUnusable(f"device 'auto' found NVIDIA driver {driver} but PyTorch cannot use its GPU ({wheel}; "
+                              f"PyTorch says: {reason}): install a PyTorch build for this driver (README, \"A GPU "
+                              "PyTorch cannot use\"), or pass device 'cpu' (--device cpu) to train on the CPU.")
         return torch.device("cpu")
     return torch.device(device)
 
@@ -166,18 +221,26 @@ def check_split(data: ImageSet, cfg: RunConfig) -> tuple[torch.Tensor, torch.Ten
     return train_idx, val_idx
 
 
-def existing_precisions(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> list[str]:
+def existing_precisions(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | str) -> list[str]:
     """The precisions in which a run of ``cfg``'s other settings has a checkpoint under ``runs_dir``."""
     return [p for p in ("bf16", "fp32")
-            if (Path(runs_dir) / replace(cfg, precision=p).run_name(data_key) / "checkpoint.pt").exists()]
+            if (Path(runs_dir) / replace(cfg, precision=p).run_name(data) / "checkpoint.pt").exists()]
 
 
-def existing_run(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> RunConfig:
-    """``cfg`` with precision "auto" taken as the precision of a run of its settings under ``runs_dir``, wherever
-    that was decided: the one there is (finished or interrupted), or of two the finished one; else ``cfg``."""
-    found = existing_precisions(cfg, runs_dir, data_key) if cfg.precision == "auto" else []
+def existing_run(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | str) -> RunConfig:
+    """``cfg`` as the run of its settings under ``runs_dir`` is, wherever that was decided. Precision "auto" is
+    the precision of the one there is (finished or interrupted), or of two the finished one. A run named by its
+    data's path (trained before runs were named by their data's content) is found under its old name, where no
+    run is under the new one: ``data_identity`` 1."""
+    if isinstance(data, ImageSet) and cfg.data_identity == 2 and not cfg.data.startswith("builtin"):
+        old = replace(cfg, data_identity=1)
+        wanted = ("bf16", "fp32") if cfg.precision == "auto" else (cfg.precision,)
+        exists = lambda c: any((Path(runs_dir) / replace(c, precision=p).run_name(data) / "checkpoint.pt").exists()
+                               for p in wanted)  # noqa: E731
+        cfg = old if not exists(cfg) and exists(old) else cfg
+    found = existing_precisions(cfg, runs_dir, data) if cfg.precision == "auto" else []
     if len(found) == 2:
-        found = [p for p in found if _finished(Path(runs_dir) / replace(cfg, precision=p).run_name(data_key))]
+        found = [p for p in found if _finished(Path(runs_dir) / replace(cfg, precision=p).run_name(data))]
     return replace(cfg, precision=found[0]) if len(found) == 1 else cfg
 
 
@@ -189,13 +252,21 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-def finished_run(cfg: RunConfig, runs_dir: str | os.PathLike, data_key: str) -> Run | None:
+def _found(run: Run, cfg: RunConfig) -> Run:
+    """A run found for ``cfg``, reading its images where ``cfg`` says they are now (a run named by the content of
+    data since moved or copied recorded the old path)."""
+    if run.config.data != cfg.data:
+        run.config = replace(run.config, data=cfg.data)
+    return run
+
+
+def finished_run(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | str) -> Run | None:
     """The finished run of ``cfg``'s settings under ``runs_dir`` (:func:`existing_run`), or None."""
-    settled = existing_run(cfg, runs_dir, data_key)
-    run_dir = Path(runs_dir) / settled.run_name(data_key)
+    settled = existing_run(cfg, runs_dir, data)
+    run_dir = Path(runs_dir) / settled.run_name(data)
     if settled.precision == "auto" or not _finished(run_dir):
         return None
-    return load_run(run_dir)
+    return _found(load_run(run_dir), cfg)
 
 
 def decide(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str | os.PathLike,
@@ -211,10 +282,10 @@ def decide(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str |
         raise ValueError(f"compiled = True asks for torch.compile, but {compiler_missing(device)} is here: "
                          "install one (e.g. apt-get install g++) or leave compiled unset.")
     train_images = len(check_split(data, cfg)[0])
-    done = finished_run(cfg, runs_dir, data.key)
+    done = finished_run(cfg, runs_dir, data)
     if done is not None:  # nothing to train, nothing to measure: as it was trained
         return Choice(done.config.precision, bool(done.info.get("compiled", False)), "the run is finished")  # type: ignore
-    settled = existing_run(cfg, runs_dir, data.key)
+    settled = existing_run(cfg, runs_dir, data)
     choice = choose_step(settled, device, train_images, cache_dir, compiled)
     if settled is cfg:
         return choice
@@ -251,16 +322,16 @@ def fit(
     dev = resolve_device(device)
     data = cfg.load_images(cache_dir)
     check_split(data, cfg)
-    cfg = existing_run(cfg, runs_dir, data.key)
-    run_dir = Path(runs_dir) / cfg.run_name(data.key)
+    asked, cfg = cfg, existing_run(cfg, runs_dir, data)
+    run_dir = Path(runs_dir) / cfg.run_name(data)
     if cfg.precision != "auto" and (run_dir / "checkpoint.pt").exists():  # a finished run: reused, nothing measured
         with locked(run_dir / ".lock", f"the run {run_dir}"):
             done = load_run(run_dir)
             if done.finished:
-                return done
+                return _found(done, asked)
     choice = decide(cfg, dev, data, runs_dir, cache_dir, compiled)
     cfg = replace(cfg, precision=choice.precision)  # part of the run's identity
-    run_dir = Path(runs_dir) / cfg.run_name(data.key)
+    run_dir = Path(runs_dir) / cfg.run_name(data)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
     with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
@@ -276,7 +347,7 @@ def fit(
             kernels = Path(cache_dir or default_cache_dir()) / "inductor"
             _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every, events,
                    compiled_encode_decode(kernels) if choice.compiled else None)
-        return done if done is not None and done.finished else load_run(run_dir)
+        return _found(done if done is not None and done.finished else load_run(run_dir), asked)
 
 
 def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, done: Run | None,

@@ -1,0 +1,303 @@
+"""What a real cluster does to a sweep that a one-node test run does not (issue 24): a report step on a machine
+that would choose another precision, job records and folders another user could write, damaged records, a GPU
+PyTorch cannot use, SIGTERM to the local executor, a dead kernel with one worker. None needs a Slurm cluster;
+tests/test_slurm.py drives the real one."""
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from vaehelpers import report as report_module
+from vaehelpers import speed, train
+from vaehelpers.__main__ import main
+from vaehelpers.local import run_local
+from vaehelpers.params import PROJECT
+from vaehelpers.report import RunsMissing, load_report
+from vaehelpers.slurm import (IN_FLIGHT, RecordDamaged, SlurmOptions, Untrusted, read_record, run_key, run_slurm,
+                              slurm_dir)
+from vaehelpers.store import RunConfig
+from vaehelpers.sweep import RunSpec, Task
+from vaehelpers.train import GPUUnusable, fit, resolve_device
+
+from conftest import fixed_rates
+
+TINY = dict(data="builtin:150", epochs=1, base_channels=8, latent_dim=4, batch_size=50)
+
+
+def test_the_report_step_finds_the_runs_a_node_trained_in_another_precision_and_trains_none(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    for weight in (1.0, 100.0, 0.0):  # what a cluster's tasks trained: fp32, decided on their nodes
+        fit(RunConfig(kl_weight=weight, precision="fp32", **TINY), runs_dir=runs, progress=False, device="cpu")
+    # The login node's "auto" would choose bf16 (native there, and twice as fast), and train everything again.
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(speed, "measure", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))
+    assert train.decide(RunConfig(kl_weight=10.0, **TINY), resolve_device("cpu"), RunConfig(**TINY).load_images(),
+                        runs).precision == "bf16"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the report step trained a run")
+
+    monkeypatch.setattr(report_module, "fit", no_training)
+    report = load_report([1.0, 100.0, 0.0], sigma_vae=False, runs_dir=str(runs), device="cpu", train_missing=False,
+                         precision="auto", **TINY)
+    assert [run.config.precision for run in report.three] == ["fp32"] * 3
+    assert len(list(runs.glob("*/config.json"))) == 3  # no run folder was added
+    with pytest.raises(RunsMissing, match=r"^1 of 4 runs of the report are not trained under .*\(KL weight 10, latent "
+                                          r"size 4, seed 0\), and the report trains none itself"):
+        load_report([1.0, 100.0, 0.0, 10.0], sigma_vae=False, runs_dir=str(runs), device="cpu", train_missing=False,
+                    **TINY)
+
+
+def _task(tmp_path: Path, **changes) -> Task:
+    parameters = dict(data="builtin:150", epochs=2, kl_weight=1.0, seed=0, runs_dir=str(tmp_path / "runs"), **changes)
+    return Task(RunSpec(1.0, "fixed", 0, 4), tmp_path / "out" / "run-kl1.ipynb", parameters)
+
+
+def test_the_job_record_is_keyed_by_the_runs_identity_not_its_notebook(tmp_path):
+    task = _task(tmp_path)
+    assert run_key(task) == run_key(Task(task.spec, tmp_path / "elsewhere.ipynb", dict(task.parameters)))
+    assert run_key(task) != run_key(_task(tmp_path, lr=1e-4))  # other settings: another run, never waited on
+    assert {"PREEMPTED", "PENDING", "RUNNING", "REQUEUED"} <= IN_FLIGHT and "UNKNOWN" not in IN_FLIGHT
+
+
+class Planted:
+    """A pickle that, loaded, writes a file: what anyone able to write the Slurm folder could leave there."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def _plant(folder: Path, marker: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "1234_0_result.pkl").write_bytes(pickle.dumps(("success", Planted(marker))))
+
+
+@pytest.mark.parametrize("where", ["slurm folder", "record"])
+def test_a_slurm_folder_or_record_others_can_write_is_refused_and_nothing_in_it_loaded(tmp_path, where, capsys):
+    folder, marker = slurm_dir(tmp_path / "runs"), tmp_path / "marker"
+    _plant(folder / "1234_0", marker)
+    record = {"version": 1, "jobs": {run_key(_task(tmp_path)): {"job": "1234_0", "notebook": "x", "label": "y",
+                                                                "submitted": time.time()}}}
+    (folder / "jobs.json").write_text(json.dumps(record))
+    folder.chmod(0o775 if where == "slurm folder" else 0o700)
+    (folder / "jobs.json").chmod(0o664 if where == "record" else 0o600)
+    bad, mode = (folder, "0775") if where == "slurm folder" else (folder / "jobs.json", "0664")
+    with pytest.raises(Untrusted, match=rf"^{re.escape(str(bad))} can be written by other users \(mode {mode}\), "
+                                        "so it is not read: a file planted there could run code in this process"):
+        run_slurm([_task(tmp_path)], tmp_path / "runs", SlurmOptions())
+    assert not marker.exists()
+    assert main(["report", "--data", "builtin:150", "--epochs", "2", "--base-channels", "8", "--latent-dim", "4",
+                 "--batch-size", "50", "--executor", "slurm", "--runs-dir", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad} can be written by other users")
+    assert not marker.exists()
+
+
+def test_a_job_folder_others_can_write_is_refused_before_its_result_is_unpickled(tmp_path):
+    from vaehelpers.slurm import check_trusted
+
+    job = tmp_path / "slurm" / "1234_0"
+    _plant(job, tmp_path / "marker")
+    job.chmod(0o770)
+    with pytest.raises(Untrusted, match="can be written by other users"):
+        check_trusted(job)
+    job.chmod(0o700)
+    check_trusted(job)  # private again: trusted
+    link = tmp_path / "slurm" / "link"
+    link.symlink_to(job)
+    with pytest.raises(Untrusted, match="is a symbolic link"):
+        check_trusted(link)
+
+
+def test_the_slurm_folder_is_created_private(tmp_path):
+    from vaehelpers.slurm import _private
+
+    old = os.umask(0o002)  # a shared project's umask
+    try:
+        folder = _private(slurm_dir(tmp_path / "runs"))
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_record_naming_one_job_for_several_runs_is_damaged(tmp_path):
+    folder = slurm_dir(tmp_path)
+    folder.mkdir(mode=0o700, parents=True)
+    jobs = {f"key{i}": {"job": "77_1", "notebook": f"n{i}", "label": f"l{i}", "submitted": 0.0} for i in range(3)}
+    (folder / "jobs.json").write_text(json.dumps({"version": 1, "jobs": jobs}))
+    (folder / "jobs.json").chmod(0o600)
+    with pytest.raises(RecordDamaged, match=r"is damaged: job 77_1 is recorded for 3 runs, and a task trains one"):
+        read_record(folder)
+    (folder / "jobs.json").write_text("{not json")
+    with pytest.raises(RecordDamaged, match=r"is damaged \(not the record this program writes\)"):
+        read_record(folder)
+
+
+def test_auto_stops_where_an_nvidia_driver_is_loaded_but_pytorch_cannot_use_its_gpu(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("PyTorch uses the GPU here: the case of a GPU it cannot use is made on a machine without one")
+    version = tmp_path / "version"
+    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+                       "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    monkeypatch.setattr(train, "NVIDIA_DRIVER", version)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cuda = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
+    with pytest.raises(GPUUnusable, match=rf"found NVIDIA driver 535\.104\.05 but PyTorch cannot use its GPU \(PyTorch "
+                                          rf"{re.escape(torch.__version__)} is {cuda}; PyTorch says: .*\): install a "
+                                          "PyTorch build for this driver"):
+        resolve_device("auto")
+    assert resolve_device("cpu").type == "cpu"  # --device cpu still trains
+    assert main(["report", "--data", "builtin:150", "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert re.match(r"error: device 'auto' found NVIDIA driver 535\.104\.05 .* or pass device 'cpu' \(--device cpu\) "
+                    r"to train on the CPU\.$", capsys.readouterr().err.strip())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # every GPU hidden on purpose: the CPU, without a word
+    assert resolve_device("auto").type == "cpu"
+    version.unlink()  # no driver at all: the CPU
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert resolve_device("auto").type == "cpu"
+
+
+def _notebook(path: Path, code: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_one_local_worker_records_a_dead_kernel_and_goes_on_like_the_pool(tmp_path, capsys):
+    dies = Task(RunSpec(1.0, "fixed", 0, 4), tmp_path / "dies.ipynb", {},
+                _notebook(tmp_path / "die.ipynb", "import os\nos._exit(1)"))
+    lives = Task(RunSpec(100.0, "fixed", 0, 4), tmp_path / "lives.ipynb", {},
+                 _notebook(tmp_path / "live.ipynb", "print('alive')"))
+    failures = run_local([dies, lives], workers=1, threads=0)
+    assert len(failures) == 1 and failures[0].startswith("KL weight 1, latent size 4, seed 0: ")
+    assert "DeadKernelError" in failures[0] or "died" in failures[0]
+    assert "alive" in (tmp_path / "lives.ipynb").read_text()  # the next run was executed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_report_ends_every_worker_and_kernel_and_the_rerun_resumes(tmp_path, sig):
+    """SIGTERM (``timeout``, a batch scheduler, a closing terminal) or SIGINT to the parent alone: no process it
+    started is left, and (SIGTERM) the rerun resumes the runs from their checkpoints."""
+    args = [sys.executable, "-m", "vaehelpers", "report", "--data", "builtin:600", "--epochs", "12", "--base-channels",
+            "8", "--latent-dim", "4", "--batch-size", "50", "--kl-weights", "1,100,0", "--no-sigma-vae",
+            "--extra-seeds", "none", "--workers", "2", "--threads", "1", "--checkpoint-every", "0",
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+    seen, lines = set(), []
+    for line in proc.stdout:  # both workers training: each has written a checkpoint
+        lines.append(line)
+        if m := re.match(r"\[(run-kl\d+)\] kl_weight=\S+ epoch 2/12", line):
+            seen.add(m.group(1))
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, "".join(lines)[-3000:]
+    started = psutil.Process(proc.pid).children(recursive=True)
+    kernels = [p for p in started if "ipykernel" in " ".join(p.cmdline())]
+    assert len(kernels) == 2 and len(started) >= 4  # two workers, their kernels (and multiprocessing's tracker)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert re.search(r"interrupted: the runs being trained stop \(\d+ worker and kernel processes ended\)", err), err
+    time.sleep(0.5)
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [p.cmdline() for p in left]
+    if sig == signal.SIGTERM:
+        rerun = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                               env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert re.search(r"resuming \S+ after epoch ([2-9]|1[01]) of 12", rerun.stdout), rerun.stdout[-3000:]
+
+
+# ---------------------------------------------------------------- runs survive moving the data (item 7)
+
+SMALL = dict(image_size=32, base_channels=8, latent_dim=4, epochs=2, batch_size=25, lr=1e-3, val_fraction=0.1,
+             snapshot_epochs=[1, 2], panel_size=4, prior_samples=6, precision="fp32")
+
+
+def _faces_npy(path: Path, cache: Path) -> Path:
+    """120 built-in faces as an (N, 32, 32, 3) .npy file with a fixed modification time: the same bytes and
+    times on every machine."""
+    import numpy as np
+
+    from vaehelpers.data import load_images
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, load_images("builtin:120", 32, cache_dir=cache).images.permute(0, 2, 3, 1).numpy())
+    os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    return path
+
+
+def _no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run trained again")
+
+    monkeypatch.setattr(train, "_train", refuse)
+
+
+@pytest.mark.parametrize("kind", ["array", "folder"])
+def test_a_run_is_found_again_after_its_data_is_moved(tmp_path, monkeypatch, kind):
+    import shutil
+
+    from PIL import Image
+
+    import numpy as np
+
+    if kind == "array":
+        source = _faces_npy(tmp_path / "a" / "faces.npy", tmp_path / "cache")
+    else:
+        source = tmp_path / "a" / "faces"
+        source.mkdir(parents=True)
+        for j, image in enumerate(np.load(_faces_npy(tmp_path / "x.npy", tmp_path / "cache"))[:60]):
+            Image.fromarray(image).save(source / f"{j:03d}.png")
+    run = fit(RunConfig(data=str(source), **SMALL), runs_dir=tmp_path / "runs", progress=False, device="cpu")
+    moved = tmp_path / "scratch" / source.name  # a copy on a cluster's scratch: new path, new times
+    moved.parent.mkdir()
+    (shutil.copytree if kind == "folder" else shutil.copy)(source, moved)
+    shutil.rmtree(source) if kind == "folder" else source.unlink()
+    _no_training(monkeypatch)
+    again = fit(RunConfig(data=str(moved), **SMALL), runs_dir=tmp_path / "runs", progress=False, device="cpu")
+    assert again.dir == run.dir and again.config.data == str(moved)
+    assert len(again.data()) == run.info["data"]["images"]  # its images read where they are now
+    changed = moved / "000.png" if kind == "folder" else moved  # other content: another run
+    if kind == "folder":
+        changed.unlink()
+    else:
+        np.save(changed, np.load(changed)[:100])
+    with pytest.raises(AssertionError, match="a run trained again"):
+        fit(RunConfig(data=str(moved), **SMALL), runs_dir=tmp_path / "runs", progress=False, device="cpu")
+
+
+def test_a_run_named_by_its_datas_path_keeps_its_name_and_is_reused(tmp_path, monkeypatch):
+    """Runs trained before content keys were named by their data's path and times: such a run is found under
+    that name (here the one the code before gave it, commit ecc485a) and reused, not trained again."""
+    import tempfile
+
+    npy = _faces_npy(Path(tempfile.gettempdir()) / "vaehelpers-golden" / "faces.npy", tmp_path / "cache")
+    run = fit(RunConfig(data=str(npy), data_identity=1, **SMALL), runs_dir=tmp_path, progress=False, device="cpu")
+    assert run.dir.name == "faces_kl1_z4_e2_seed0_fp32_c7f31a79"
+    info = json.loads((run.dir / "config.json").read_text())
+    del info["config"]["data_identity"]  # as the code before wrote it
+    (run.dir / "config.json").write_text(json.dumps(info))
+    _no_training(monkeypatch)
+    again = fit(RunConfig(data=str(npy), **SMALL), runs_dir=tmp_path, progress=False, device="cpu")
+    assert again.dir == run.dir and again.config.data_identity == 1
+    assert RunConfig(data=str(npy), **SMALL).run_name(again.data()) != run.dir.name  # a new run's name differs
