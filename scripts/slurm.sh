@@ -35,6 +35,10 @@ start() {
   for tool in slurmctld slurmd slurmdbd munged mariadbd sinfo; do
     command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "slurm.sh: $tool missing: make slurm installs it" >&2; exit 2; }
   done
+  if [ -e "$CONF" ] && ! grep -q "^# Written by scripts/slurm.sh" "$CONF"; then
+    echo "slurm.sh: $CONF was not written by this script (a real cluster's?): not touching it; the cluster tests need a machine without one" >&2
+    exit 2
+  fi
   stop >/dev/null 2>&1 || true  # a half-started cluster from before
   local cpus sockets cores threads memory
   eval "$(slurmd -C | head -1 | tr ' ' '\n' | sed -n 's/^CPUs=/cpus=/p; s/^SocketsPerBoard=/sockets=/p; s/^CoresPerSocket=/cores=/p; s/^ThreadsPerCore=/threads=/p; s/^RealMemory=/memory=/p')"

@@ -67,6 +67,7 @@ def test_the_job_record_is_keyed_by_the_runs_identity_not_its_notebook(tmp_path)
     task = _task(tmp_path)
     assert run_key(task) == run_key(Task(task.spec, tmp_path / "elsewhere.ipynb", dict(task.parameters)))
     assert run_key(task) != run_key(_task(tmp_path, lr=1e-4))  # other settings: another run, never waited on
+    assert run_key(task) == run_key(_task(tmp_path, checkpoint_every=5.0, compiled=True, device="cpu"))  # same run
     assert {"PREEMPTED", "PENDING", "RUNNING", "REQUEUED"} <= IN_FLIGHT and "UNKNOWN" not in IN_FLIGHT
 
 
@@ -81,8 +82,9 @@ class Planted:
 
 
 def _plant(folder: Path, marker: Path) -> None:
+    """A result pickle where submitit reads job 1234_0's (``<job>_<task>_result.pkl`` in the job's folder)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "1234_0_result.pkl").write_bytes(pickle.dumps(("success", Planted(marker))))
+    (folder / "1234_0_0_result.pkl").write_bytes(pickle.dumps(("success", Planted(marker))))
 
 
 @pytest.mark.parametrize("where", ["slurm folder", "record"])
@@ -109,14 +111,21 @@ def test_a_slurm_folder_or_record_others_can_write_is_refused_and_nothing_in_it_
 def test_a_job_folder_others_can_write_is_refused_before_its_result_is_unpickled(tmp_path):
     from vaehelpers.slurm import check_trusted
 
-    job = tmp_path / "slurm" / "1234_0"
-    _plant(job, tmp_path / "marker")
-    job.chmod(0o770)
-    with pytest.raises(Untrusted, match="can be written by other users"):
-        check_trusted(job)
+    folder, marker = slurm_dir(tmp_path / "runs"), tmp_path / "marker"
+    folder.mkdir(mode=0o700, parents=True)
+    job = folder / "1234_0"
+    _plant(job, marker)  # a result that, unpickled, writes the marker; a record that names its job
+    record = {"version": 1, "jobs": {run_key(_task(tmp_path)): {"job": "1234_0", "notebook": "x", "label": "y",
+                                                                "submitted": time.time()}}}
+    (folder / "jobs.json").write_text(json.dumps(record))
+    (folder / "jobs.json").chmod(0o600)
+    job.chmod(0o770)  # the job's folder group-writable: what lies in it is not this user's alone
+    with pytest.raises(Untrusted, match=rf"^{re.escape(str(job))} can be written by other users \(mode 0770\)"):
+        run_slurm([_task(tmp_path)], tmp_path / "runs", SlurmOptions(poll_s=0.1, lost_after_s=20))
+    assert not marker.exists()
     job.chmod(0o700)
     check_trusted(job)  # private again: trusted
-    link = tmp_path / "slurm" / "link"
+    link = folder / "link"
     link.symlink_to(job)
     with pytest.raises(Untrusted, match="is a symbolic link"):
         check_trusted(link)
@@ -158,8 +167,8 @@ def test_auto_stops_where_an_nvidia_driver_is_loaded_but_pytorch_cannot_use_its_
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cuda = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
     with pytest.raises(GPUUnusable, match=rf"found NVIDIA driver 535\.104\.05 but PyTorch cannot use its GPU \(PyTorch "
-                                          rf"{re.escape(torch.__version__)} is {cuda}; PyTorch says: .*\): install a "
-                                          "PyTorch build for this driver"):
+                                          rf"{re.escape(torch.__version__)} is {cuda}; PyTorch says: .*\): .*install a "
+                                          "PyTorch build for"):
         resolve_device("auto")
     assert resolve_device("cpu").type == "cpu"  # --device cpu still trains
     assert main(["report", "--data", "builtin:150", "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
@@ -215,7 +224,7 @@ def test_a_signal_to_report_ends_every_worker_and_kernel_and_the_rerun_resumes(t
     assert len(kernels) == 2 and len(started) >= 4  # two workers, their kernels (and multiprocessing's tracker)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]  # 143 for SIGTERM, 130 for SIGINT
     assert re.search(r"interrupted: the runs being trained stop \(\d+ worker and kernel processes ended\)", err), err
     time.sleep(0.5)
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -301,3 +310,17 @@ def test_a_run_named_by_its_datas_path_keeps_its_name_and_is_reused(tmp_path, mo
     again = fit(RunConfig(data=str(npy), **SMALL), runs_dir=tmp_path, progress=False, device="cpu")
     assert again.dir == run.dir and again.config.data_identity == 1
     assert RunConfig(data=str(npy), **SMALL).run_name(again.data()) != run.dir.name  # a new run's name differs
+
+
+def test_the_report_step_takes_a_run_finished_in_both_precisions_without_training(tmp_path, monkeypatch):
+    """bench --compare-precision leaves a setting finished in fp32 and in bf16: the report step takes the one
+    "auto" chooses, which is finished, and trains nothing (it stopped with RunsMissing)."""
+    runs = tmp_path / "runs"
+    small = dict(TINY, data="builtin:100")
+    for weight in (1.0, 100.0, 0.0):
+        fit(RunConfig(kl_weight=weight, precision="fp32", **small), runs_dir=runs, progress=False, device="cpu")
+    fit(RunConfig(kl_weight=1.0, precision="bf16", **small), runs_dir=runs, progress=False, device="cpu")
+    _no_training(monkeypatch)
+    report = load_report([1.0, 100.0, 0.0], sigma_vae=False, runs_dir=str(runs), device="cpu", train_missing=False,
+                         **small)
+    assert report.runs[1.0].config.precision == "fp32"  # the fixed probe here: fp32 faster

@@ -175,16 +175,21 @@ def test_a_job_slurm_does_not_know_is_lost_after_the_grace_period_and_submitted_
     started = time.monotonic()
     failures, ended = run_slurm([task], tmp_path, SlurmOptions(cpus_per_task=1, poll_s=1, lost_after_s=4))
     assert ended and len(failures) == 1 and time.monotonic() - started < 30
-    assert re.match(r"KL weight 1, latent size 4, seed 0: Slurm job 987654_0 is unknown to Slurm \(sacct does not "
-                    r"list it\) 4 s after its submission: lost", failures[0]), failures
+    assert re.match(r"KL weight 1, latent size 4, seed 0: Slurm job 987654_0 is unknown to Slurm \(neither sacct "
+                    r"nor squeue lists it\) \d+ s after its submission: lost", failures[0]), failures
     assert "still in Slurm from an earlier call: run.ipynb (job 987654_0)" in capsys.readouterr().out
     record(time.time() - 3600)  # an hour ago: lost at once, said, and submitted again
-    run_slurm([task], tmp_path, SlurmOptions(cpus_per_task=1, time_min=5, wait=False, lost_after_s=600))
+    umask = os.umask(0o002)  # a shared project's umask: the record stays private all the same
+    try:
+        run_slurm([task], tmp_path, SlurmOptions(cpus_per_task=1, time_min=5, wait=False, lost_after_s=600))
+    finally:
+        os.umask(umask)
+    assert (folder / "jobs.json").stat().st_mode & 0o777 == 0o600
     printed = capsys.readouterr().out
     job = re.search(r"== submitted Slurm job (\d+): 1 task", printed).group(1)
     subprocess.run(["scancel", job], check=True)
-    assert ("== run.ipynb: Slurm job 987654_0, submitted 60 min ago, is unknown to Slurm (sacct does not list it): "
-            "taken as lost, and submitted again") in printed
+    assert ("== run.ipynb: Slurm job 987654_0, submitted 60 min ago, is unknown to Slurm (neither sacct nor squeue "
+            "lists it): taken as lost, and submitted again") in printed
     recorded = read_record(folder)[run_key(task)]["job"]
     assert recorded in (job, f"{job}_0")  # submitit names a one-task array by its job id alone
     assert (folder / recorded).stat().st_mode & 0o077 == 0  # the job's folder private, like the Slurm folder

@@ -83,12 +83,20 @@ def _weights(text: str) -> list[float]:
     return weights
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM to ``report``: the signal, for the exit status (128 + its number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _terminated(signum, frame):
     """SIGINT or SIGTERM: stop (the workers and kernels end, the runs keep their last checkpoints, Slurm tasks this
     call submitted are cancelled), ignoring any further one, so that the clean-up is never cut short."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    raise _Stopped(signum)
 
 
 def run_summaries(runs_dir: str) -> list[str]:
@@ -227,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     slurm_options = SlurmOptions(args.partition, args.gpus_per_task, args.cpus_per_task, args.time_min,
                                  args.array_parallelism, dict(args.sbatch), args.wait)
     started = time.perf_counter()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C; `timeout`, a batch scheduler, a closing terminal
-        signal.signal(sig, _terminated)
+    handlers = {sig: signal.signal(sig, _terminated)  # Ctrl-C; `timeout`, a batch scheduler, a closing terminal
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
                                kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae,
@@ -242,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepFailed as e:  # some runs failed, each named with its error and log; the others finished
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # what was cancelled has been said; no process this one started outlives it
+    except KeyboardInterrupt as e:  # what was cancelled has been said; no process this one started outlives it
         end_descendants()
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for SIGINT, 143 for SIGTERM
     except (ParameterError, Untrusted, RecordDamaged) as e:  # found before any notebook ran, or a Slurm folder refused
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -254,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {said}", file=sys.stderr)
         return 2
+    finally:
+        if signal.getsignal(signal.SIGINT) is _terminated:  # not interrupted: as they were (a caller's own)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     if written is None:
         print("submitted; run the same command again to wait for the runs and render the report once they finish "
               f"(squeue -u $USER shows them), {time.perf_counter() - started:.0f} s", flush=True)

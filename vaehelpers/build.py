@@ -63,13 +63,18 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     except ValueError as e:
         raise ParameterError(str(e)) from None
     sweep, settings = Sweep.of(kl_weights, sigma_vae, seeds, latent_dims, extra_seeds, **settings)
+    # With Slurm this machine (a login node) trains nothing and needs no GPU: it checks and plans on its CPU, and
+    # tasks given no GPU train on their node's CPU (not "auto", which would stop at a GPU the task may not use).
+    here = "cpu" if executor == "slurm" else device
+    task_device = "cpu" if executor == "slurm" and device == "auto" and not (slurm or SlurmOptions()).gpus_per_task \
+        else device
     for d in sweep.latent_dims:  # everything checked before any training: the settings, device and data
-        check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=d, **settings)
+        check_report(list(sweep.kl_weights), here, seed=sweep.seed, latent_dim=d, **settings)
     specs = sweep.runs()
     configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
                                 latent_dim=spec.latent_dim, **settings) for spec in specs}
     main = configs[specs[0]]
-    dev = resolve_device(device)  # checked by check_report; resolved once, here
+    dev = resolve_device(here)  # checked by check_report; resolved once, here
     data = main.load_images()
     training = [spec for spec in specs if finished_run(configs[spec], runs_path, data) is None]
     asked_workers = workers
@@ -84,7 +89,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     configs = {spec: replace(cfg, precision=choices[spec].precision) if choices else cfg
                for spec, cfg in configs.items()}
     check_space(list(configs.values()), runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
-    common = dict(settings, device=device, runs_dir=str(runs_path))
+    common = dict(settings, device=task_device, runs_dir=str(runs_path))
     common.update({} if checkpoint_every is None else {"checkpoint_every": float(checkpoint_every)})
     decided = {spec: {"precision": c.precision, "compiled": c.compiled} for spec, c in choices.items()}
     if executor == "slurm" and compiled is not None:  # else each task decides on its node
@@ -122,7 +127,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     # The report trains nothing (every run was trained above: a missing one is an error, never trained here) and
     # measures nothing a run notebook measured; after Slurm it needs no GPU (a login node has none).
     execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
-                     parameters=dict(common, device="cpu" if executor == "slurm" else device, train_missing=False,
+                     parameters=dict(common, device=here, train_missing=False,
                                      kl_weights=list(sweep.kl_weights), sigma_vae=sigma_vae,
                                      seeds=list(sweep.seeds), latent_dims=list(sweep.latent_dims),
                                      extra_seeds=list(sweep.extra_seeds)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import torch
 from . import faces
 from .cache import cache_key, default_cache_dir, read_entry, write_entry
 from .decode import CONVERSIONS, FORMATS, Converted, decode_array, user_stacklevel
-from .files import NotWritable, ensure_writable, locked
+from .files import NotWritable, ensure_writable, locked, write_atomic
 from .folders import folder_files, load_folder, warn_converted, warn_skipped
 
 DEFAULT_BUILTIN_SIZE = 10_000
@@ -131,7 +132,11 @@ def load_images(
             if cached is not None:
                 images, factors, meta = cached
                 _say(meta, name)  # a cached load says what it left out and converted, too
-                content = meta.get("content_key") or content_key(description, None if n_builtin else path)
+                content = meta.get("content_key")
+                if content is None:  # an entry from before content keys: computed once, kept in the entry
+                    content = content_key(description, None if n_builtin else path)
+                    with contextlib.suppress(NotWritable):
+                        write_atomic(cache / f"{key}.json", json.dumps({**meta, "content_key": content}).encode())
                 return ImageSet(images, name, content, len(meta["skipped_entries"]), factors,
                                 _counts(meta, len(images)), key)
             data, meta = _build(description, name, key, image_size, seed, None if n_builtin else path)
@@ -142,28 +147,20 @@ def load_images(
     return data if data is not None else _build(description, name, key, image_size, seed, None if n_builtin else path)[0]
 
 
-CONTENT_SAMPLE = 64
-"""Files of a folder whose bytes its content key hashes (evenly spaced in name order), beside every file's
-relative name and size: a copy or a move keeps the key, a changed, added, removed or renamed file changes it
-(a changed file of the same size only where it is in the sample)."""
-
-
 def content_key(description: dict, path: Path | None) -> str:
     """The key that names the runs of a source: its content, never its absolute path or times. An array file:
-    the SHA-256 of its bytes; a folder: every file's relative name and size and the bytes of
-    :data:`CONTENT_SAMPLE` of them; the built-in set: its description (size, seed), as before."""
+    the SHA-256 of its bytes; a folder: every file's relative name and the SHA-256 of its bytes (computed once,
+    when the cache entry is built, which reads every file anyway); the built-in set: its description (size,
+    seed), as before. A copy or a move keeps the key; a changed, added, removed or renamed file changes it."""
     if description["kind"] == "builtin":
         return cache_key(description)
     if description["kind"] == "array":
         content = {"sha256": _sha256(path)}  # type: ignore[arg-type]
     else:
-        files = description["files"]
-        step = max(1, len(files) // CONTENT_SAMPLE)
-        sample = hashlib.sha256()
-        for relative, *_ in files[::step][:CONTENT_SAMPLE]:
-            sample.update(f"{relative}\0{_sha256(path / relative)}\0".encode())  # type: ignore[operator]
-        content = {"files": [f[:2] for f in files], "sample": sample.hexdigest(), "unlisted": description["unlisted"],
-                   "decoder": description["decoder"]}
+        files = hashlib.sha256()
+        for relative, *_ in description["files"]:
+            files.update(f"{relative}\0{_sha256(path / relative)}\0".encode())  # type: ignore[operator]
+        content = {"files": files.hexdigest(), "unlisted": description["unlisted"], "decoder": description["decoder"]}
     return cache_key({"kind": description["kind"], "named_by": "content", **content,
                       "image_size": description["image_size"]})
 

@@ -83,15 +83,16 @@ def ensure_writable(folder: Path, what: str) -> None:
         raise explain(e, existing, 0, what) from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` by ``data`` at once: written to a temporary file of a unique name in the same
     folder, flushed to disk, then renamed over ``path``. A reader sees the old file or the new one; where
     the write fails, the old file stays and no temporary file is left. A full disk or a read-only folder
-    is a :class:`NotWritable` naming the folder, the space needed and free."""
+    is a :class:`NotWritable` naming the folder, the space needed and free. ``mode``: the file's permissions
+    (default: those of a file made by ``open()`` under the process's umask)."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_UMASK)  # the permissions of a file made by open(), not mkstemp's private 0600
+        os.fchmod(fd, 0o666 & ~_UMASK if mode is None else mode)  # not mkstemp's private 0600, unless asked
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

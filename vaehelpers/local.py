@@ -55,20 +55,25 @@ def end_descendants(grace_s: float = 5.0) -> int:
     own, multiprocessing's resource tracker): SIGTERM, then SIGKILL after ``grace_s``. Returns how many there were."""
     import psutil
 
-    procs = psutil.Process().children(recursive=True)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
-    return len(procs)
+    ended: set[int] = set()
+    for _ in range(5):  # again, for what a worker started while the others ended (a kernel in its own session)
+        procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in ended]
+        if not procs:
+            break
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace_s)
+        ended.update(p.pid for p in procs)
+    return len(ended)
 
 
 def run_local(tasks: list[Task], workers: int, threads: int) -> list[str]:

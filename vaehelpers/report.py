@@ -8,7 +8,7 @@ from .measure import measure_run
 from .params import check_report, project_path, run_config
 from .store import Run, Setting
 from .sweep import RunSpec, Sweep
-from .train import finished_run, fit
+from .train import existing_precisions, existing_run, finished_run, fit
 
 
 @dataclass
@@ -58,8 +58,13 @@ def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str =
                          latent_dim=spec.latent_dim, **settings)
         if train_missing:
             runs[spec] = fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs")
-        elif (done := finished_run(cfg, project_path(runs_dir), cfg.load_images())) is not None:
+        elif (done := finished_run(cfg, project_path(runs_dir), data := cfg.load_images())) is not None:
             runs[spec] = done
+        elif cfg.precision == "auto" and existing_run(cfg, project_path(runs_dir), data).precision == "auto" and \
+                len(existing_precisions(cfg, project_path(runs_dir), data)) == 2:
+            # finished in both precisions (bench --compare-precision trains both): the one "auto" chooses here,
+            # which fit finds finished and trains nothing for
+            runs[spec] = fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs")
         else:
             missing.append(spec.label)
     if missing:

@@ -99,10 +99,16 @@ def _private(folder: Path) -> Path:
     return folder
 
 
+NOT_IDENTITY = ("device", "checkpoint_every", "compiled")
+"""Task parameters that do not change what a run is (where it trains, how often it writes, eager or compiled)."""
+
+
 def run_key(task: Task) -> str:
-    """A run's identity in the job record: its notebook's parameters (the run's settings, data, runs folder and
-    decisions), so that a call with other epochs, rate or data never waits on an array trained for another."""
-    return hashlib.sha256(json.dumps(task.parameters, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """A run's identity in the job record: its notebook's parameters (the run's settings, data, precision and runs
+    folder) less :data:`NOT_IDENTITY`, so that a call with other epochs, rate or data never waits on an array trained
+    for another, and one with another ``--checkpoint-every`` never submits a run still in Slurm a second time."""
+    identity = {k: v for k, v in task.parameters.items() if k not in NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 RECORD_VERSION = 1
@@ -123,6 +129,9 @@ def read_record(folder: Path) -> dict[str, dict]:
         data = json.loads(path.read_text())
         jobs = data["jobs"] if data.get("version") == RECORD_VERSION else None
         ids = [entry["job"] for entry in jobs.values()] if isinstance(jobs, dict) else None
+        if ids is not None and not all(isinstance(e["job"], str) and isinstance(e["submitted"], (int, float))
+                                       and isinstance(e["notebook"], str) for e in jobs.values()):
+            ids = None
     except (ValueError, KeyError, TypeError, AttributeError):
         ids = None
     if ids is None:
@@ -136,19 +145,22 @@ def read_record(folder: Path) -> dict[str, dict]:
     return jobs
 
 
-def _signals_deferred():
-    """Block SIGINT and SIGTERM until the ``with`` ends (then a pending one is delivered)."""
-    import contextlib
+class _Deferred:
+    """SIGINT and SIGTERM held back for the ``with`` block: their handler (which Python always runs in the main
+    thread, whichever thread the signal reached) only notes them; at the end the first noted is raised as
+    :class:`KeyboardInterrupt`, with any later one ignored (:func:`_interrupted`)."""
 
-    @contextlib.contextmanager
-    def deferred():
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    def __enter__(self):
+        self.noted: list[int] = []
+        self.before = {s: signal.signal(s, lambda signum, frame: self.noted.append(signum))
+                       for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
-    return deferred()
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.before.items():
+            signal.signal(s, handler)
+        if self.noted:
+            _interrupted(self.noted[0], None)
 
 
 def _interrupted(signum, frame):
@@ -156,7 +168,9 @@ def _interrupted(signum, frame):
     this call submitted are cancelled and said (GNU ``timeout`` and an impatient second Ctrl-C send one more)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    stop = KeyboardInterrupt()
+    stop.signum = signum  # type: ignore[attr-defined]  # the exit status: 128 + it
+    raise stop
 
 
 def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple[list[str], bool]:
@@ -182,11 +196,13 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                 if entry:
                     job = submitit.SlurmJob(folder=folder / "%j", job_id=entry["job"])
                     age = time.time() - entry["submitted"]
-                    if job.state in IN_FLIGHT or (job.state == "UNKNOWN" and age < options.lost_after_s):
+                    if job.state in IN_FLIGHT or (job.state == "UNKNOWN" and not _lost(job, entry["submitted"],
+                                                                                       options.lost_after_s)):
                         jobs[run_key(task)] = (task, job, entry["submitted"])
                     elif job.state == "UNKNOWN" and not job.paths.result_pickle.exists():
                         print(f"== {task.name}: Slurm job {entry['job']}, submitted {_duration(age)} ago, is unknown "
-                              "to Slurm (sacct does not list it): taken as lost, and submitted again", flush=True)
+                              "to Slurm (neither sacct nor squeue lists it): taken as lost, and submitted again",
+                              flush=True)
             new = [task for task in tasks if run_key(task) not in jobs]
             if jobs:
                 print(f"== {len(jobs)} run{'s' if len(jobs) > 1 else ''} still in Slurm from an earlier call: "
@@ -201,15 +217,21 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                     **({"slurm_additional_parameters": dict(options.sbatch)} if options.sbatch else {}))
                 umask = os.umask(0o077)  # the job folders and pickles private; sbatch passes the umask to the tasks
                 try:
-                    with _signals_deferred():
+                    with _Deferred():  # no signal between the submission and its record
                         submitted = executor.map_array(RunTask(), new, [options.cpus_per_task] * len(new))
                         now = time.time()
                         for task, job in zip(new, submitted):
                             jobs[run_key(task)] = (task, job, now)
                             record[run_key(task)] = {"job": job.job_id, "notebook": str(task.out),
                                                      "label": task.spec.label, "submitted": now}
-                        write_atomic(folder / "jobs.json", json.dumps({"version": RECORD_VERSION, "jobs": record},
-                                                                      indent=1).encode())
+                        try:
+                            write_atomic(folder / "jobs.json", json.dumps(
+                                {"version": RECORD_VERSION, "jobs": record}, indent=1).encode(), mode=0o600)
+                        except BaseException:  # a job no record names would be waited on by nothing: cancelled
+                            print(_cancel(submitted, "the job record could not be written"), file=sys.stderr,
+                                  flush=True)
+                            submitted = []
+                            raise
                 finally:
                     os.umask(umask)
                 array = submitted[0].job_id.split("_")[0]
@@ -231,17 +253,36 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def _cancel(submitted: list) -> str:
+def _cancel(submitted: list, why: str = "interrupted") -> str:
     """Cancel every task of ``submitted`` with one scancel call; what was cancelled, in one line."""
     if not submitted:
-        return "interrupted: nothing this call submitted was running"
+        return f"{why}: nothing this call submitted was running (tasks from an earlier call go on)"
     arrays = sorted({job.job_id.split("_")[0] for job in submitted})
-    done = subprocess.run(["scancel", *arrays], capture_output=True, text=True)
-    if done.returncode != 0:
-        return (f"interrupted: scancel {' '.join(arrays)} failed ({done.stderr.strip() or done.returncode}): cancel "
-                "those jobs yourself (`scancel " + " ".join(arrays) + "`)")
-    return (f"interrupted: cancelled Slurm job {', '.join(arrays)} ({len(submitted)} tasks); finished runs stay, and "
+    try:
+        done = subprocess.run(["scancel", *arrays], capture_output=True, text=True, timeout=60)
+        failed = done.stderr.strip() or str(done.returncode) if done.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        failed = str(e)
+    if failed:
+        return (f"{why}: scancel {' '.join(arrays)} failed ({failed}): cancel those jobs yourself (`scancel "
+                + " ".join(arrays) + "`)")
+    return (f"{why}: cancelled Slurm job {', '.join(arrays)} ({len(submitted)} tasks); finished runs stay, and "
             "the others resume from their last checkpoints when the command runs again")
+
+
+def _lost(job, submitted: float, lost_after_s: float) -> bool:
+    """Whether a job sacct does not list is lost: submitted more than ``lost_after_s`` ago, no result written, and
+    not in Slurm's queue either (``squeue``; where squeue cannot answer, e.g. its controller is down, not lost)."""
+    if time.time() - submitted <= lost_after_s or job.paths.result_pickle.exists():
+        return False
+    try:
+        queue = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%i"], capture_output=True, text=True,
+                               timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if queue.returncode == 0:
+        return not queue.stdout.strip()
+    return "invalid job id" in queue.stderr.lower()
 
 
 def _wait(jobs: list, options: SlurmOptions) -> list[str]:
@@ -251,16 +292,17 @@ def _wait(jobs: list, options: SlurmOptions) -> list[str]:
     failed: dict[int, str] = {}
     pending = dict(enumerate(jobs))
     shown, started = None, time.perf_counter()
+    watcher = jobs[0][1].watcher
     while pending:
-        jobs[0][1].watcher.update()  # one sacct call for every task (submitit's own refresh slows to 10 min)
+        # submitit takes every state outside its short list (CONFIGURING, SUSPENDED, REQUEUE_HOLD, ...) as an end and
+        # stops asking sacct about it: those still in flight are asked about again
+        finished = getattr(watcher, "_finished", None)
+        if isinstance(finished, set):
+            finished.difference_update(job.job_id for _, job, _ in pending.values() if job.state in IN_FLIGHT)
+        watcher.update()  # one sacct call for every task (submitit's own refresh slows to 10 min)
         for key, (task, job, submitted) in list(pending.items()):
-            if job.state == "UNKNOWN" and time.time() - submitted > options.lost_after_s:
-                del pending[key]
-                failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} is unknown to Slurm (sacct does not list "
-                               f"it) {_duration(options.lost_after_s)} after its submission: lost; the command "
-                               "submits it again when run again")
-                print(f"== lost: {failed[key]}", flush=True)
-            elif job.done():
+            state = job.state
+            if job.paths.result_pickle.exists() or state not in IN_FLIGHT | {"UNKNOWN"}:
                 del pending[key]
                 for path in (job.paths.folder, job.paths.result_pickle):
                     if path.exists():
@@ -271,6 +313,12 @@ def _wait(jobs: list, options: SlurmOptions) -> list[str]:
                     failed[key] = f"{task.spec.label}: {_job_error(error)} (Slurm job {job.job_id}, log {log})"
                     print(f"== failed: {task.spec.label} (Slurm job {job.job_id}): {_job_error(error)}; log: {log}",
                           flush=True)
+            elif state == "UNKNOWN" and _lost(job, submitted, options.lost_after_s):
+                del pending[key]
+                failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} is unknown to Slurm (neither sacct nor "
+                               f"squeue lists it) {_duration(time.time() - submitted)} after its submission: lost; "
+                               "the command submits it again when run again")
+                print(f"== lost: {failed[key]}", flush=True)
         states = [job.state for _, job, _ in pending.values()]
         running = sum(s in ("RUNNING", "COMPLETING") for s in states)
         counts = (len(jobs) - len(pending), running, len(pending) - running)

@@ -94,13 +94,14 @@ def nvidia_driver() -> str | None:
     if text:
         found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(r"\d+\.\d+(?:\.\d+)?", text)
         return found.group(found.lastindex or 0) if found else text.splitlines()[0].strip()
-    if NVIDIA_DRIVER == Path("/proc/driver/nvidia/version") and shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20).stdout.split()
+    if NVIDIA_DRIVER == Path("/proc/driver/nvidia/version") and shutil.which("nvidia-smi"):  # (tests: no fallback)
+        try:  # the tools without a loaded driver fail, printing their error on stdout: no driver then
+            done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
-            out = []
-        return out[0] if out else None
+            return None
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)+)\s*(?:\n.*)?", done.stdout, re.S) if done.returncode == 0 else None
+        return found.group(1) if found else None
     return None
 
 
@@ -129,9 +130,14 @@ def resolve_device(device: str = "auto") -> torch.device:
                 reason = str(e).split(". ")[0].strip().rstrip(".")
             wheel = (f"PyTorch {torch.__version__} is built for CUDA {torch.version.cuda}" if torch.version.cuda
                      else f"PyTorch {torch.__version__} is a CPU build")
+            wheel_at_fault = not torch.version.cuda or any(w in reason.lower() for w in ("too old", "insufficient"))
+            fix = ("install a PyTorch build for this driver (README, \"A GPU PyTorch cannot use\")" if wheel_at_fault
+                   else "where the driver is older than the wheel's CUDA needs, install a PyTorch build for it (README, "
+                        "\"A GPU PyTorch cannot use\"); where this process may not use the GPU (a job given none), "
+                        "ask for one")
             raise GPUUnusable(f"device 'auto' found NVIDIA driver {driver} but PyTorch cannot use its GPU ({wheel}; "
-                              f"PyTorch says: {reason}): install a PyTorch build for this driver (README, \"A GPU "
-                              "PyTorch cannot use\"), or pass device 'cpu' (--device cpu) to train on the CPU.")
+                              f"PyTorch says: {reason}): {fix}, or pass device 'cpu' (--device cpu) to train on the "
+                              "CPU.")
         return torch.device("cpu")
     return torch.device(device)
 
