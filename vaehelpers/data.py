@@ -147,6 +147,24 @@ def load_images(
     return data if data is not None else _build(description, name, key, image_size, seed, None if n_builtin else path)[0]
 
 
+def cached_images(key: str, name: str, cache_dir: str | os.PathLike | None = None) -> ImageSet | None:
+    """The image set of ``name`` as the data cache keeps it under ``key`` (an entry's content key, or the entry's
+    own key for a run named by its data's path), or None: what a run trained on after its data moved away."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    for meta_file in sorted(cache.glob("*.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and key in (meta.get("content_key"), meta_file.stem):
+            cached = read_entry(cache, meta_file.stem)
+            if cached is not None:
+                images, factors, meta = cached
+                return ImageSet(images, name, meta.get("content_key", key), len(meta["skipped_entries"]), factors,
+                                _counts(meta, len(images)), meta_file.stem)
+    return None
+
+
 def content_key(description: dict, path: Path | None) -> str:
     """The key that names the runs of a source: its content, never its absolute path or times. An array file:
     the SHA-256 of its bytes; a folder: every file's relative name and the SHA-256 of its bytes (computed once,

@@ -36,7 +36,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from .data import ImageSet, load_images
+from .data import ImageSet, cached_images, load_images
 from .model import ConvVAE, VAEConfig
 from .objective import LIKELIHOODS, Likelihood
 from .streams import VERSION as STREAMS_VERSION, generator, stream_seed
@@ -110,6 +110,11 @@ class RunConfig:
         built-in face set, never ``seed``."""
         return load_images(self.data, self.image_size, seed=self.data_seed, cache_dir=cache_dir)
 
+    @property
+    def tag(self) -> str:
+        """The readable start of the run's name: the data's file or folder name, or the built-in set's size."""
+        return Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
+
     def run_name(self, data: ImageSet | str) -> str:
         """Readable folder name from the main settings, plus a hash of all of them and of the data: its content
         key (:func:`~vaehelpers.data.content_key`, not its path, so that moving the data keeps the run's name), or,
@@ -126,9 +131,8 @@ class RunConfig:
         data_key = data if isinstance(data, str) else data.key if self.data_identity == 2 else data.path_key
         text = json.dumps({**fields, "data_key": data_key}, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        tag = Path(self.data).stem if not self.data.startswith("builtin") else self.data.replace(":", "")
         likelihood = "" if self.likelihood == "fixed" else f"_{self.likelihood}"
-        return (f"{tag}_kl{self.kl_weight:g}{likelihood}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}"
+        return (f"{self.tag}_kl{self.kl_weight:g}{likelihood}_z{self.latent_dim}_e{self.epochs}_seed{self.seed}"
                 f"_{self.precision}_{digest}")
 
 
@@ -204,8 +208,23 @@ class Run:
         return torch.tensor(self.info["split"]["val_indices"])
 
     def data(self, cache_dir: str | os.PathLike | None = None) -> ImageSet:
-        """The run's image set, preprocessed as it trained on it (from the data cache)."""
-        return self.config.load_images(cache_dir)
+        """The run's image set, preprocessed as it trained on it (from the data cache). Where the data is no longer
+        at the path the run recorded, or holds other images now, the cache's copy of what it trained on is read;
+        where there is none, a ``FileNotFoundError`` says so."""
+        recorded = self.info["data"]["key"]
+        try:
+            data = self.config.load_images(cache_dir)
+            if self.config.data.startswith("builtin") or self.config.data_identity == 1 or data.key == recorded:
+                return data
+            problem = "holds other images now"
+        except FileNotFoundError:
+            problem = "is not there any more"
+        kept = cached_images(recorded, self.config.data, cache_dir)
+        if kept is None:
+            raise FileNotFoundError(f"The data of run {self.dir.name}, {self.config.data}, {problem}, and the data "
+                                    "cache holds no copy of the images it trained on: put the data back there (or, in Python, set "
+                                    "the run's config.data to where it is now) and load the run again.")
+        return kept
 
     @property
     def setting(self) -> Setting:

@@ -11,6 +11,7 @@ uninterrupted one. A loss that stops being finite stops the run with
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
@@ -244,10 +245,28 @@ def existing_run(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | s
         exists = lambda c: any((Path(runs_dir) / replace(c, precision=p).run_name(data) / "checkpoint.pt").exists()
                                for p in wanted)  # noqa: E731
         cfg = old if not exists(cfg) and exists(old) else cfg
+        if cfg.data_identity == 2 and not exists(cfg):  # the data renamed since: the run's name starts with its old name
+            cfg = _renamed(cfg, Path(runs_dir), data, wanted) or cfg
     found = existing_precisions(cfg, runs_dir, data) if cfg.precision == "auto" else []
     if len(found) == 2:
         found = [p for p in found if _finished(Path(runs_dir) / replace(cfg, precision=p).run_name(data))]
     return replace(cfg, precision=found[0]) if len(found) == 1 else cfg
+
+
+def _renamed(cfg: RunConfig, runs_dir: Path, data: ImageSet, precisions: tuple[str, ...]) -> RunConfig | None:
+    """``cfg`` with the data's path a run of its settings recorded, where that run's name differs from ``cfg``'s only
+    in its start: the same settings and data content (the name's hash), the data under another file name."""
+    for precision in precisions:
+        name = replace(cfg, precision=precision).run_name(data)
+        for folder in sorted(runs_dir.glob("*" + glob.escape(name[len(cfg.tag):]))):
+            if (folder / "checkpoint.pt").exists():
+                try:
+                    recorded = str(json.loads((folder / "config.json").read_text())["config"]["data"])
+                except (OSError, ValueError, KeyError, TypeError):  # damaged: load_run says so where it is read
+                    continue
+                if replace(cfg, data=recorded, precision=precision).run_name(data) == folder.name:
+                    return replace(cfg, data=recorded)
+    return None
 
 
 def _finished(run_dir: Path) -> bool:
