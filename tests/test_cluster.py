@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_the_report_step_finds_the_runs_a_node_trained_in_another_precision_and_
 
 
 def _task(tmp_path: Path, **changes) -> Task:
-    parameters = dict(data="builtin:150", epochs=2, kl_weight=1.0, seed=0, runs_dir=str(tmp_path / "runs"), **changes)
+    parameters = {**dict(data="builtin:150", epochs=2, kl_weight=1.0, seed=0, runs_dir=str(tmp_path / "runs")), **changes}
     return Task(RunSpec(1.0, "fixed", 0, 4), tmp_path / "out" / "run-kl1.ipynb", parameters)
 
 
@@ -324,3 +325,144 @@ def test_the_report_step_takes_a_run_finished_in_both_precisions_without_trainin
     report = load_report([1.0, 100.0, 0.0], sigma_vae=False, runs_dir=str(runs), device="cpu", train_missing=False,
                          **small)
     assert report.runs[1.0].config.precision == "fp32"  # the fixed probe here: fp32 faster
+
+
+class _Job:
+    """What ``slurm._wait`` reads of a submitit job, with the state Slurm would report."""
+
+    class _Watcher:
+        def update(self) -> None:
+            pass
+
+    def __init__(self, folder: Path, job_id: str, state: str):
+        from submitit.core.utils import JobPaths
+
+        self.job_id, self.state, self.watcher = job_id, state, self._Watcher()
+        self.paths = JobPaths(folder / "%j", job_id=job_id, task_id=0)
+
+
+def test_a_preempted_task_slurm_never_requeues_is_reported_after_the_grace_period_not_waited_on_forever(tmp_path, capsys):
+    from vaehelpers.slurm import _wait
+
+    folder = slurm_dir(tmp_path)
+    folder.mkdir(mode=0o700)
+    preempted, requeued = _Job(folder, "51_0", "PREEMPTED"), _Job(folder, "51_1", "PREEMPTED")
+    task = _task(tmp_path)
+    requeued.paths.folder.mkdir(mode=0o700, parents=True)
+
+    def slurm() -> None:  # Slurm requeues the second (PENDING), which then finishes its run; the first stays
+        time.sleep(0.3)
+        requeued.state = "PENDING"
+        time.sleep(0.7)
+        requeued.paths.result_pickle.write_bytes(pickle.dumps(("success", 12.0)))  # submitit's result, private
+        requeued.paths.result_pickle.chmod(0o600)
+        requeued.state = "COMPLETED"
+
+    threading.Thread(target=slurm, daemon=True).start()
+    started = time.monotonic()
+    failures = _wait([(task, preempted, time.time()), (task, requeued, time.time())],
+                     SlurmOptions(poll_s=0.05, lost_after_s=2.0))
+    assert 2.0 <= time.monotonic() - started < 10
+    assert failures == [f"{task.spec.label}: Slurm job 51_0 was preempted and not requeued in 2 s (its partition's "
+                        "PreemptMode cancels); the command resumes its run from its last checkpoint when run again"]
+    assert "== 1 of 2 runs trained in Slurm" in capsys.readouterr().out
+
+
+def test_a_result_pickle_another_user_owns_or_a_link_is_never_unpickled(tmp_path):
+    from vaehelpers.slurm import _task_error, read_trusted
+
+    folder, marker = slurm_dir(tmp_path), tmp_path / "marker"
+    folder.mkdir(mode=0o700)
+    job = _Job(folder, "1234_0", "COMPLETED")
+    _plant(job.paths.folder, marker)
+    job.paths.folder.chmod(0o700)
+    pickle_file = job.paths.result_pickle
+    pickle_file.chmod(0o600)
+    if os.geteuid() == 0:  # a file swapped in by another user: theirs, whatever its mode and folder
+        os.chown(pickle_file, 65534, 65534)
+        with pytest.raises(Untrusted, match=rf"^{re.escape(str(pickle_file))} belongs to user id 65534, not to you"):
+            _task_error(job, "COMPLETED")
+        assert not marker.exists()
+        os.chown(pickle_file, 0, 0)
+    moved = tmp_path / "elsewhere.pkl"
+    pickle_file.rename(moved)
+    pickle_file.symlink_to(moved)  # a link in its place: not followed
+    with pytest.raises(Untrusted, match=rf"^{re.escape(str(pickle_file))} is a symbolic link"):
+        read_trusted(pickle_file)
+    assert not marker.exists()
+    pickle_file.unlink()
+    assert _task_error(job, "CANCELLED", patience_s=0) == ("the task ended (CANCELLED) without a result (killed, out "
+                                                           "of memory or its node lost?)")
+    pickle_file.write_bytes(pickle.dumps(("error", "Traceback (most recent call last):\n  ...\nvaehelpers.slurm.RunFailed: "
+                                          "TrainingDiverged: the run diverged")))
+    pickle_file.chmod(0o600)
+    assert _task_error(job, "FAILED") == "TrainingDiverged: the run diverged"
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o1777])
+def test_a_runs_folder_others_could_swap_is_refused_unless_sticky(tmp_path, mode):
+    from vaehelpers.slurm import _private
+
+    runs = tmp_path / "shared" / "runs"
+    runs.mkdir(parents=True)
+    (tmp_path / "shared").chmod(mode)  # a shared project folder: group-writable (or sticky, like /tmp)
+    if mode & 0o1000:
+        assert _private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
+        return
+    with pytest.raises(Untrusted, match=rf"^{re.escape(str(tmp_path / 'shared'))} can be written by other users "
+                                        r"\(mode 0775\), so another user could put a folder of theirs in the place of"):
+        _private(slurm_dir(runs))
+    assert not slurm_dir(runs).exists() or not any(slurm_dir(runs).iterdir())
+
+
+def test_a_requeue_at_the_time_limit_after_a_slice_without_a_checkpoint_is_refused_with_the_fix(tmp_path):
+    from vaehelpers.slurm import RunFailed, RunTask
+
+    task = _task(tmp_path, epochs=3, base_channels=8, latent_dim=4, batch_size=50, precision="fp32", device="cpu")
+    with pytest.raises(RunFailed, match=r"^run-kl1\.ipynb reached its time limit of 3 min without writing a checkpoint "
+                                        r"\(its run resumes from the start\): another slice would end the same way"):
+        RunTask(time_min=3).checkpoint(task, 1)
+    fit(RunConfig(kl_weight=1.0, epochs=3, precision="fp32", **{k: v for k, v in TINY.items() if k != "epochs"}),
+        runs_dir=tmp_path / "runs", progress=False, device="cpu")
+    old = time.time() - 3600  # its checkpoint from a slice before this process started
+    for path in (tmp_path / "runs").glob("*/checkpoint.pt"):
+        os.utime(path, (old, old))
+    with pytest.raises(RunFailed, match=r"without writing a checkpoint \(its run resumes after epoch 3 of 3\)"):
+        RunTask(time_min=3).checkpoint(task, 1)
+
+
+def test_a_run_is_found_after_its_data_is_renamed_and_read_from_the_cache_after_its_data_is_gone(tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+
+    from vaehelpers.explore import Explorer
+
+    source = _faces_npy(tmp_path / "a" / "faces.npy", tmp_path / "cache")
+    run = fit(RunConfig(data=str(source), **SMALL), runs_dir=tmp_path / "runs", progress=False, device="cpu")
+    trained_on = run.data().images
+    renamed = tmp_path / "scratch" / "celeba-64.npy"  # the same bytes under another name: the same run
+    renamed.parent.mkdir()
+    shutil.move(source, renamed)
+    _no_training(monkeypatch)
+    again = fit(RunConfig(data=str(renamed), **SMALL), runs_dir=tmp_path / "runs", progress=False, device="cpu")
+    assert again.dir == run.dir and again.config.data == str(renamed)
+    assert torch_equal(again.data().images, trained_on)
+    assert len(list((tmp_path / "runs").glob("*/config.json"))) == 1
+    # the explorer opens the run folder, which names the data's first path: now gone, the cache's copy is read
+    explorer = Explorer.open(run.dir)
+    assert torch_equal(explorer.images, trained_on[run.val_indices])
+    np.save(source, np.load(renamed)[:100])  # other images at the recorded path: not what it trained on either
+    assert torch_equal(Explorer.open(run.dir).images, trained_on[run.val_indices])
+    shutil.rmtree(tmp_path / "cache")
+    source.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^The data of run {run.dir.name}, {re.escape(str(source))}, is not "
+                                                r"there any more, and the data cache holds no copy of the images it "
+                                                r"trained on: put the data back there"):
+        Explorer.open(run.dir)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))

@@ -72,9 +72,9 @@ EPOCHS = 40  # long enough (about 15 s) to be still training when Slurm's KillWa
 
 
 def _task(runs_dir: Path, out: Path, **settings) -> Task:
-    parameters = dict(data="builtin:600", epochs=EPOCHS, batch_size=50, base_channels=8, latent_dim=4, kl_weight=1.0,
-                      likelihood="fixed", seed=0, device="cpu", runs_dir=str(runs_dir), checkpoint_every=0.0,
-                      **settings)
+    parameters = {**dict(data="builtin:600", epochs=EPOCHS, batch_size=50, base_channels=8, latent_dim=4,
+                         kl_weight=1.0, likelihood="fixed", seed=0, device="cpu", runs_dir=str(runs_dir),
+                         checkpoint_every=0.0), **settings}
     return Task(RunSpec(1.0, "fixed", 0, 4), out, parameters, NOTEBOOKS / "run.ipynb")
 
 
@@ -193,3 +193,90 @@ def test_a_job_slurm_does_not_know_is_lost_after_the_grace_period_and_submitted_
     recorded = read_record(folder)[run_key(task)]["job"]
     assert recorded in (job, f"{job}_0")  # submitit names a one-task array by its job id alone
     assert (folder / recorded).stat().st_mode & 0o077 == 0  # the job's folder private, like the Slurm folder
+
+
+def _start_requeued_tasks_now(stop) -> None:
+    """Slurm holds a requeued task about two minutes (its BeginTime) before it may start again: not here."""
+    while not stop.is_set():
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True).stdout
+        for job, state, reason in (line.split(maxsplit=2) for line in queue.splitlines() if line.count(" ") >= 2):
+            if state == "PENDING" and "BeginTime" in reason:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        stop.wait(1)
+
+
+LONG = 300  # epochs: about 240 s on one core here, several slices of a 3-minute limit (Slurm's SIGUSR2 comes 90 s
+# before the limit, up to a minute earlier)
+
+
+def test_a_run_longer_than_its_time_limit_is_requeued_slice_after_slice_and_ends_with_its_whole_history(
+        cluster, tmp_path, capsys):
+    import threading
+
+    task = _task(tmp_path / "runs", tmp_path / "run.ipynb", data="builtin:1000", epochs=LONG, precision="fp32",
+                 compiled=False)
+    options = SlurmOptions(cpus_per_task=1, time_min=3, poll_s=2)
+    stop = threading.Event()
+    bumper = threading.Thread(target=_start_requeued_tasks_now, args=(stop,), daemon=True)
+    bumper.start()
+    try:
+        # a cap of no requeue: the first time limit ends the task, with the reason and where the run resumes
+        (failure,), ended = run_slurm([task], tmp_path / "runs", replace(options, max_requeues=0))
+        capped = re.search(r"run\.ipynb reached its time limit of 3 min after 0 requeues at it, the most "
+                           rf"--max-requeues allows: not requeued; its run resumes after epoch (\d+) of {LONG} when the "
+                           r"command runs again \(or raise --max-requeues or --time-min\)", failure)
+        assert ended and capped, failure
+        first = int(capped.group(1))
+        assert 1 <= first < LONG and len(_history(tmp_path / "runs")) == first
+        capsys.readouterr()
+        # no cap (the default): requeued at each time limit, resuming where the slice before wrote its checkpoint
+        assert run_slurm([task], tmp_path / "runs", options) == ([], True)
+    finally:
+        stop.set()
+        bumper.join()
+    printed = capsys.readouterr().out
+    said = [int(n) for n in re.findall(r"== run\.ipynb \(Slurm job \d+\): requeued at the time limit \(\d+ times?\), "
+                                       r"resumes after epoch (\d+)", printed)]
+    assert said and first < said[0] and said == sorted(said) and said[-1] < LONG, printed
+    assert re.search(r"; 1 requeue at the time limit so far", printed), printed
+    job = re.search(r"== submitted Slurm job (\d+)", printed).group(1)
+    (out_log,) = (tmp_path / "runs" / "slurm").rglob(f"{job}_*log.out")
+    (err_log,) = (tmp_path / "runs" / "slurm").rglob(f"{job}_*log.err")
+    log = out_log.read_text()
+    for n, epoch in enumerate(said, 1):  # every slice's log kept: where it stopped, and where the next resumed
+        assert f"== requeued at the time limit ({n} time{'s' if n > 1 else ''}), resumes after epoch {epoch} of {LONG}" in log
+        assert f"after epoch {epoch} of {LONG}, its last checkpoint" in log
+    assert f"after epoch {first} of {LONG}, its last checkpoint" in log
+    assert "Traceback" not in err_log.read_text() and "Traceback" not in log  # a requeue is not a failure
+    history = _history(tmp_path / "runs")
+    assert [int(row["epoch"]) for row in history] == list(range(1, LONG + 1))
+
+
+def test_the_job_record_of_the_version_before_is_taken_over_and_its_task_not_submitted_twice(cluster, tmp_path, capsys):
+    import json
+
+    from vaehelpers.slurm import read_record, run_key, slurm_dir
+
+    task, gone = _task(tmp_path / "runs", tmp_path / "run.ipynb"), tmp_path / "gone.ipynb"
+    sleepers = [subprocess.run(["sbatch", "--parsable", "-c", "1", "-o", "/dev/null", "--wrap", "sleep 120"],
+                               capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while len(subprocess.run(["sacct", "-n", "-X", "-j", ",".join(sleepers), "-o", "JobID"], capture_output=True,
+                             text=True).stdout.split()) < 2:  # in Slurm's accounting, as a job submitted a while ago
+        assert time.monotonic() < deadline, "sacct never listed the jobs"
+        time.sleep(0.2)
+    folder = slurm_dir(tmp_path / "runs")
+    folder.mkdir(mode=0o700, parents=True)
+    # what the version before wrote: output notebook -> job id, one for this call's run and one for no run of it
+    (folder / "submitted.json").write_text(json.dumps({str(task.out): sleepers[0], str(gone): sleepers[1]}))
+    (folder / "submitted.json").chmod(0o600)
+    try:
+        assert run_slurm([task], tmp_path / "runs", SlurmOptions(cpus_per_task=1, wait=False)) == ([], False)
+    finally:
+        subprocess.run(["scancel", *sleepers], check=True)
+    printed = capsys.readouterr().out
+    assert f"still in Slurm from an earlier call: run.ipynb (job {sleepers[0]})" in printed
+    assert "submitted Slurm job" not in printed  # waited on, not trained twice
+    assert (f"still in Slurm from the version before, for no run of this call (not waited on; its run waits for the "
+            f"lock of any run it shares): job {sleepers[1]} (gone.ipynb)") in printed
+    assert not (folder / "submitted.json").exists() and read_record(folder)[run_key(task)]["job"] == sleepers[0]

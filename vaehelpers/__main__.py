@@ -23,7 +23,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from .build import build_report
 from .files import NotWritable, explain
-from .local import end_descendants
+from .execute import end_descendants
 from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
 from .slurm import RecordDamaged, SlurmOptions, Untrusted
 from .sweep import SweepFailed
@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="also each task's PyTorch threads")
     slurm.add_argument("--time-min", type=_at_least(1), default=SlurmOptions.time_min,
                        help="each task's time limit in minutes; a task that reaches it is requeued and resumes")
+    slurm.add_argument("--max-requeues", type=_at_least(0),
+                       help="requeues at the time limit a task may take (default: no cap, as long as each time "
+                       "slice writes a checkpoint)")
     slurm.add_argument("--array-parallelism", type=_at_least(1), default=SlurmOptions.array_parallelism,
                        help="at most this many tasks run at once")
     slurm.add_argument("--sbatch", type=_sbatch_option, action="append", default=[], metavar="KEY=VALUE",
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.update({name: getattr(args, name) for name in CLI_SETTINGS if getattr(args, name) is not None})
     extra_seeds = tuple(args.extra_seeds) if args.extra_seeds is not None else () if args.data else QUICK_EXTRA_SEEDS
     slurm_options = SlurmOptions(args.partition, args.gpus_per_task, args.cpus_per_task, args.time_min,
-                                 args.array_parallelism, dict(args.sbatch), args.wait)
+                                 args.array_parallelism, dict(args.sbatch), args.wait,
+                                 max_requeues=args.max_requeues)
     started = time.perf_counter()
     handlers = {sig: signal.signal(sig, _terminated)  # Ctrl-C; `timeout`, a batch scheduler, a closing terminal
                 for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -61,15 +61,18 @@ def show_notebook_output(prefix: str = "") -> None:
 
 
 
-def execute_run(task: Task, prefix: str = "", threads: int | None = None) -> float:
-    """Execute ``run.ipynb`` for one task (its kernel with ``threads`` CPU threads); returns the seconds it took.
-    A failed notebook raises papermill's ``PapermillExecutionError``, whose ``evalue`` is the run's error."""
+def execute_run(task: Task, prefix: str = "", threads: int | None = None, kernel_ignores: tuple[int, ...] = ()) -> float:
+    """Execute ``run.ipynb`` for one task (its kernel with ``threads`` CPU threads, ignoring the signals
+    ``kernel_ignores``); returns the seconds it took. A failed notebook raises papermill's
+    ``PapermillExecutionError``, whose ``evalue`` is the run's error."""
     if threads:  # the kernel is a child process: PyTorch and the BLAS read these when they start
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(threads)
     show_notebook_output(prefix)
     started = time.perf_counter()
-    execute_notebook(task.source, task.out, log_output=True, progress_bar=False, parameters=task.parameters)
+    ignore = "".join(f"; signal.signal({int(s)}, signal.SIG_IGN)" for s in kernel_ignores)
+    execute_notebook(task.source, task.out, log_output=True, progress_bar=False, parameters=task.parameters,
+                     **({"extra_arguments": [f"--IPKernelApp.exec_lines=import signal{ignore}"]} if ignore else {}))
     return time.perf_counter() - started
 
 
@@ -79,3 +82,29 @@ def error_text(error: BaseException) -> str:
         return f"{error.ename}: {error.evalue}"
     lines = str(error).strip().splitlines()
     return lines[-1] if lines else type(error).__name__
+
+
+def end_descendants(grace_s: float = 5.0) -> int:
+    """End every process this one started, and theirs (pool workers, their kernels, which run in sessions of their
+    own, multiprocessing's resource tracker): SIGTERM, then SIGKILL after ``grace_s``. Returns how many there were."""
+    import psutil
+
+    ended: set[int] = set()
+    for _ in range(5):  # again, for what a worker started while the others ended (a kernel in its own session)
+        procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in ended]
+        if not procs:
+            break
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace_s)
+        ended.update(p.pid for p in procs)
+    return len(ended)

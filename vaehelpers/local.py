@@ -8,7 +8,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from .execute import error_text, execute_run
+from .execute import end_descendants, error_text, execute_run
 from .sweep import Task
 
 
@@ -48,32 +48,6 @@ def tail_threads(threads: int, workers: int, tail: int) -> int:
     the cores the idle workers leave. (On the 2-core AMD EPYC the ninth run of the default report trained alone
     on one thread for 84 s while the other core idled.)"""
     return max(threads, threads * workers // tail) if tail else threads
-
-
-def end_descendants(grace_s: float = 5.0) -> int:
-    """End every process this one started, and theirs (pool workers, their kernels, which run in sessions of their
-    own, multiprocessing's resource tracker): SIGTERM, then SIGKILL after ``grace_s``. Returns how many there were."""
-    import psutil
-
-    ended: set[int] = set()
-    for _ in range(5):  # again, for what a worker started while the others ended (a kernel in its own session)
-        procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in ended]
-        if not procs:
-            break
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=grace_s)
-        ended.update(p.pid for p in procs)
-    return len(ended)
 
 
 def run_local(tasks: list[Task], workers: int, threads: int) -> list[str]:

@@ -4,6 +4,7 @@ resumes from its last checkpoint (:mod:`vaehelpers.train`)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import default_cache_dir
-from .execute import error_text, execute_run
+from .execute import end_descendants, error_text, execute_run
 from .files import locked, write_atomic
 from .sweep import Task
 
@@ -38,6 +39,9 @@ class SlurmOptions:
     wait: bool = True  # False: submit, print the job id and return; the same command renders later
     poll_s: float = 10.0  # seconds between two looks at the tasks: one sacct call for all of them
     lost_after_s: float = 600.0  # a job sacct still does not list this long after its submission is lost
+    # requeues at the time limit a task may take; None: no cap, as long as each time slice writes a checkpoint
+    # (a slice that wrote none would end the same way again: the task fails, naming the fix)
+    max_requeues: int | None = None
 
 
 try:
@@ -47,21 +51,84 @@ except ImportError:  # submitit is needed only to submit; the local executor run
 
 
 class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
-    """A Slurm task: one run notebook. Checkpointable: at the time limit or on preemption submitit requeues it
-    with the same arguments, and the run resumes from its last checkpoint."""
+    """A Slurm task: one run notebook. Checkpointable: at the time limit or on preemption (Slurm's SIGUSR2, 90 s
+    before) submitit calls :meth:`checkpoint` and requeues the task with the same arguments, and the run resumes
+    from its last checkpoint. The instance is pickled with the requeue: :attr:`requeues` counts across slices."""
+
+    time_min: int | None = None  # the tasks' time limit (None: a task submitted by the version before)
+    max_requeues: int | None = None
+    requeues = 0  # at the time limit, so far
+    preemptions = 0
+
+    def __init__(self, time_min: int, max_requeues: int | None = None) -> None:
+        self.time_min, self.max_requeues = time_min, max_requeues
 
     def __call__(self, task: Task, threads: int) -> float:
         # Slurm requeues or preempts a task with SIGTERM to every process of the job, then SIGKILL after its
         # KillWait. submitit ignores the SIGTERM; the notebook's kernel, which inherits this, must too: otherwise
-        # it dies first, and the task records a failure ("Kernel died") instead of being started again.
+        # it dies first, and the task records a failure ("Kernel died") instead of being started again. The
+        # kernel ignores SIGUSR2 as well, which Slurm sends to every process of the task: it is submitit's to act on.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         os.umask(0o077)  # the result pickle submitit writes after this call: private
         try:
-            return execute_run(task, threads=threads)
+            return execute_run(task, threads=threads, kernel_ignores=(signal.SIGUSR2,))
         except Exception as e:
             if not hasattr(e, "ename"):
                 raise
             raise RunFailed(error_text(e)) from None
+
+    def checkpoint(self, task: Task, threads: int):  # noqa: ANN201 (submitit's DelayedSubmission)
+        """Called by submitit on SIGUSR2, before it requeues the task: says why and where the run resumes, in the
+        task's log and in ``<job>_requeues.json`` beside it (read by the waiting command); refuses (:class:`RunFailed`,
+        the task's error) a requeue at the time limit past ``max_requeues`` or after a slice that wrote no checkpoint."""
+        import psutil
+        import submitit
+
+        end_descendants(grace_s=0)  # the kernel (which ignores the signals) at once: it writes nothing more, and
+        # its last checkpoint, read below, is where the run resumes
+        started = psutil.Process().create_time()  # submitit's own clock starts with the process too
+        limit = (self.time_min or 0) * 60
+        timed_out = bool(self.time_min) and time.time() - started >= min(0.8 * limit, limit - 600)  # submitit's rule
+        epoch, written = _last_checkpoint(task)
+        resumes = f"after epoch {epoch} of {task.parameters.get('epochs')}" if epoch else "from the start"
+        if timed_out and (written is None or written < started):
+            raise RunFailed(f"{task.name} reached its time limit of {self.time_min} min without writing a checkpoint "
+                            f"(its run resumes {resumes}): another slice would end the same way, so it is not "
+                            "requeued; give the tasks more time (--time-min) or write checkpoints more often "
+                            "(--checkpoint-every) and run the command again")
+        if timed_out and self.max_requeues is not None and self.requeues >= self.max_requeues:
+            raise RunFailed(f"{task.name} reached its time limit of {self.time_min} min after {self.requeues} "
+                            f"requeue{'' if self.requeues == 1 else 's'} at it, the most --max-requeues allows: not "
+                            f"requeued; its run resumes {resumes} when the command runs again (or raise "
+                            "--max-requeues or --time-min)")
+        self.requeues += timed_out
+        self.preemptions += not timed_out
+        why = (f"requeued at the time limit ({self.requeues} time{'s' if self.requeues > 1 else ''})" if timed_out
+               else "preempted: requeued")
+        print(f"== {why}, resumes {resumes}", flush=True)
+        env = submitit.JobEnvironment()
+        write_atomic(env.paths.folder / f"{env.job_id}_requeues.json", json.dumps(
+            {"time_limit": self.requeues, "preempted": self.preemptions, "epoch": epoch}).encode(), mode=0o600)
+        return super().checkpoint(task, threads)
+
+
+def _last_checkpoint(task: Task) -> tuple[int, float | None]:
+    """The epoch of the last checkpoint of the run ``task`` trains and when it was written (0 and None where it
+    has none yet): found as the notebook finds it (:func:`~vaehelpers.train.existing_run`)."""
+    from .params import notebook_settings, project_path, run_config
+    from .store import read_pt
+    from .train import existing_run
+
+    try:
+        cfg = run_config(**notebook_settings(task.parameters))
+        data = cfg.load_images()
+        cfg = existing_run(cfg, project_path(str(task.parameters.get("runs_dir", "runs"))), data)
+        path = project_path(str(task.parameters.get("runs_dir", "runs"))) / cfg.run_name(data) / "checkpoint.pt"
+        if cfg.precision == "auto" or not path.exists():
+            return 0, None
+        return int(read_pt(path)["epoch"]), path.stat().st_mtime
+    except (OSError, ValueError, KeyError):  # nothing readable: as if none
+        return 0, None
 
 
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
@@ -75,17 +142,58 @@ class Untrusted(RuntimeError):
     """A Slurm folder or file another user owns or could write: never read, never unpickled."""
 
 
+def _distrust(st: os.stat_result) -> str | None:
+    """Why a file or folder of this ``stat`` is not this user's alone, or None."""
+    return ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
+            else f"belongs to user id {st.st_uid}, not to you ({os.getuid()})" if st.st_uid != os.getuid()
+            else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})" if st.st_mode & 0o022
+            else None)
+
+
+def _refuse(path: Path, why: str) -> Untrusted:
+    return Untrusted(f"{path} {why}, so it is not read: a file planted there could run code in this process; "
+                     f"remove it (or, where you trust it, `chmod go-w` it) and run the command again.")
+
+
 def check_trusted(path: Path) -> None:
     """Refuse ``path`` (the Slurm folder, a job's folder, its record or a result pickle) unless this user owns it
     and no one else may write it: unpickling a task's result runs code, and a job record names what to wait on."""
-    st = path.lstat()
-    why = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
-           else f"belongs to user id {st.st_uid}, not to you ({os.getuid()})" if st.st_uid != os.getuid()
-           else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})" if st.st_mode & 0o022
-           else None)
+    why = _distrust(path.lstat())
     if why:
-        raise Untrusted(f"{path} {why}, so it is not read: a file planted there could run code in this process; "
-                        f"remove it (or, where you trust it, `chmod go-w` it) and run the command again.")
+        raise _refuse(path, why)
+
+
+def read_trusted(path: Path) -> bytes:
+    """The bytes of ``path``, read through one descriptor that is checked as :func:`check_trusted` checks the path:
+    a file swapped in between a check and the read (by anyone who may write a folder above it) is never read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _refuse(path, "is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        why = _distrust(os.fstat(f.fileno()))
+        if why:
+            raise _refuse(path, why)
+        return f.read()
+
+
+def check_folders_above(folder: Path) -> None:
+    """Refuse ``folder`` where a folder above it lets another user put a folder of theirs in its place (one that is
+    not root's or this user's, or that others may write without the sticky bit of /tmp): the tasks on the nodes
+    read their pickles from ``folder`` by path, after any check here."""
+    for above in {*Path(os.path.abspath(folder)).parents, *folder.resolve().parents}:
+        st = above.lstat()
+        if st.st_uid not in (0, os.getuid()):
+            why = f"belongs to user id {st.st_uid}"
+        elif not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            why = f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+        else:
+            continue
+        raise Untrusted(f"{above} {why}, so another user could put a folder of theirs in the place of {folder}, "
+                        "whose pickles the Slurm tasks run: keep the runs folder where only you can write (`chmod "
+                        f"go-w {above}`, or --runs-dir under a folder of your own) and run the command again.")
 
 
 def slurm_dir(runs_dir: Path) -> Path:
@@ -94,9 +202,18 @@ def slurm_dir(runs_dir: Path) -> Path:
 
 
 def _private(folder: Path) -> Path:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """``folder`` made ``0700`` (and the folders above it that are missing, ``0755`` whatever the umask) and checked."""
+    for missing in reversed([p for p in folder.parents if not p.exists()]):
+        missing.mkdir(mode=0o755, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    check_folders_above(folder)
     check_trusted(folder)
     return folder
+
+
+NO_CAP = 1_000_000
+"""submitit's ``max_num_timeout``: never reached; the cap is :attr:`SlurmOptions.max_requeues`, applied by
+:meth:`RunTask.checkpoint`, which knows whether a slice made progress."""
 
 
 NOT_IDENTITY = ("device", "checkpoint_every", "compiled")
@@ -124,9 +241,8 @@ def read_record(folder: Path) -> dict[str, dict]:
     path = folder / "jobs.json"
     if not path.exists():
         return {}
-    check_trusted(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_trusted(path))
         jobs = data["jobs"] if data.get("version") == RECORD_VERSION else None
         ids = [entry["job"] for entry in jobs.values()] if isinstance(jobs, dict) else None
         if ids is not None and not all(isinstance(e["job"], str) and isinstance(e["submitted"], (int, float))
@@ -143,6 +259,46 @@ def read_record(folder: Path) -> dict[str, dict]:
                             f"{ids.count(shared[0])} runs, and a task trains one: check `squeue --me` for tasks still "
                             "running, then remove the file and run the command again.")
     return jobs
+
+
+def _write_record(folder: Path, record: dict[str, dict]) -> None:
+    write_atomic(folder / "jobs.json", json.dumps({"version": RECORD_VERSION, "jobs": record}, indent=1).encode(),
+                 mode=0o600)
+
+
+def _adopt_old_record(folder: Path, tasks: list[Task], record: dict[str, dict]) -> Path | None:
+    """Take the tasks still in Slurm from ``submitted.json``, the record of the version before (output notebook ->
+    job id), into ``record`` under the run key of the task with that notebook, as that version waited on them;
+    says those no task of this call matches. Returns the old file (removed once the new record is written), or None."""
+    path = folder / "submitted.json"
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(read_trusted(path))
+        if not (isinstance(old, dict) and all(isinstance(v, str) for v in old.values())):
+            raise ValueError
+    except ValueError:
+        raise RecordDamaged(f"The Slurm job record of the version before, {path}, is damaged: check `squeue --me` "
+                            "for tasks still running, then remove the file and run the command again.") from None
+    import submitit
+
+    by_notebook = {str(task.out): task for task in tasks}
+    unmatched = []
+    for notebook, job_id in old.items():
+        state = submitit.SlurmJob(folder / "%j", job_id).state  # UNKNOWN: as a job of the record (lost, or not yet
+        if job_id in {e["job"] for e in record.values()} or state not in IN_FLIGHT | {"UNKNOWN"}:  # in sacct)
+            continue
+        task = by_notebook.get(notebook)
+        if task is None or run_key(task) in record:
+            if state in IN_FLIGHT:
+                unmatched.append(f"{job_id} ({Path(notebook).name})")
+        else:
+            record[run_key(task)] = {"job": job_id, "notebook": notebook, "label": task.spec.label,
+                                     "submitted": path.stat().st_mtime}
+    if unmatched:
+        print(f"== still in Slurm from the version before, for no run of this call (not waited on; its run waits "
+              f"for the lock of any run it shares): job {', '.join(unmatched)}", flush=True)
+    return path
 
 
 class _Deferred:
@@ -190,6 +346,7 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
     try:
         with locked(folder / "jobs.lock", f"the Slurm job record of {runs_dir}"):
             record = read_record(folder)
+            old_record = _adopt_old_record(folder, tasks, record)
             jobs: dict[str, tuple[Task, submitit.Job, float]] = {}
             for task in tasks:  # still running from an earlier call: wait for it rather than train it twice
                 entry = record.get(run_key(task))
@@ -204,29 +361,35 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                               "to Slurm (neither sacct nor squeue lists it): taken as lost, and submitted again",
                               flush=True)
             new = [task for task in tasks if run_key(task) not in jobs]
+            if old_record is not None and not new:  # its tasks are in the record now (else written below)
+                _write_record(folder, record)
+                old_record.unlink()
             if jobs:
                 print(f"== {len(jobs)} run{'s' if len(jobs) > 1 else ''} still in Slurm from an earlier call: "
                       + ", ".join(f"{t.name} (job {j.job_id})" for t, j, _ in jobs.values()), flush=True)
             if new:
-                executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+                executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
+                                                 slurm_max_num_timeout=NO_CAP)  # RunTask.checkpoint caps
                 executor.update_parameters(
                     name="vae-sweep", timeout_min=options.time_min, cpus_per_task=options.cpus_per_task,
                     slurm_array_parallelism=options.array_parallelism,
                     **({"slurm_partition": options.partition} if options.partition else {}),
                     **({"slurm_gpus_per_task": options.gpus_per_task} if options.gpus_per_task else {}),
-                    **({"slurm_additional_parameters": dict(options.sbatch)} if options.sbatch else {}))
+                    # a requeued task's log goes on after the slices before it, instead of replacing them
+                    slurm_additional_parameters={"open-mode": "append", **options.sbatch})
                 umask = os.umask(0o077)  # the job folders and pickles private; sbatch passes the umask to the tasks
                 try:
                     with _Deferred():  # no signal between the submission and its record
-                        submitted = executor.map_array(RunTask(), new, [options.cpus_per_task] * len(new))
+                        submitted = executor.map_array(RunTask(options.time_min, options.max_requeues), new, [options.cpus_per_task] * len(new))
                         now = time.time()
                         for task, job in zip(new, submitted):
                             jobs[run_key(task)] = (task, job, now)
                             record[run_key(task)] = {"job": job.job_id, "notebook": str(task.out),
                                                      "label": task.spec.label, "submitted": now}
                         try:
-                            write_atomic(folder / "jobs.json", json.dumps(
-                                {"version": RECORD_VERSION, "jobs": record}, indent=1).encode(), mode=0o600)
+                            _write_record(folder, record)
+                            if old_record is not None:
+                                old_record.unlink()
                         except BaseException:  # a job no record names would be waited on by nothing: cancelled
                             print(_cancel(submitted, "the job record could not be written"), file=sys.stderr,
                                   flush=True)
@@ -236,7 +399,8 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                     os.umask(umask)
                 array = submitted[0].job_id.split("_")[0]
                 print(f"== submitted Slurm job {array}: {len(new)} task{'s' if len(new) > 1 else ''} "
-                      f"({', '.join(t.name for t in new)}); logs in {folder / array}_<task>/. The tasks read and "
+                      f"({', '.join(t.name for t in new)}); logs in {submitted[0].paths.folder.parent}/"
+                      f"{array + '_<task>' if '_' in submitted[0].job_id else array}/. The tasks read and "
                       f"write {runs_dir}, {new[0].out.parent} and the data cache {default_cache_dir()}: every node "
                       "must see them at these paths (a shared filesystem)", flush=True)
         return (_wait(list(jobs.values()), options), True) if options.wait else ([], False)
@@ -288,11 +452,13 @@ def _lost(job, submitted: float, lost_after_s: float) -> bool:
 def _wait(jobs: list, options: SlurmOptions) -> list[str]:
     """Wait for every (task, job, submitted), printing the counts when they change; the failed ones and the lost
     ones (unknown to Slurm ``options.lost_after_s`` after their submission), one line each. A job's folder and
-    result are checked (:func:`check_trusted`) before submitit unpickles its result."""
+    result are read through :func:`read_trusted` before they are unpickled (:func:`_task_error`)."""
     failed: dict[int, str] = {}
     pending = dict(enumerate(jobs))
     shown, started = None, time.perf_counter()
     watcher = jobs[0][1].watcher
+    requeued: dict[int, dict] = {}  # what each task's <job>_requeues.json said last
+    preempted_since: dict[int, float] = {}
     while pending:
         # submitit takes every state outside its short list (CONFIGURING, SUSPENDED, REQUEUE_HOLD, ...) as an end and
         # stops asking sacct about it: those still in flight are asked about again
@@ -304,28 +470,41 @@ def _wait(jobs: list, options: SlurmOptions) -> list[str]:
             state = job.state
             if job.paths.result_pickle.exists() or state not in IN_FLIGHT | {"UNKNOWN"}:
                 del pending[key]
-                for path in (job.paths.folder, job.paths.result_pickle):
-                    if path.exists():
-                        check_trusted(path)
-                error = job.exception()
+                error = _task_error(job, state)
                 if error is not None:
                     log = job.paths.stderr
-                    failed[key] = f"{task.spec.label}: {_job_error(error)} (Slurm job {job.job_id}, log {log})"
-                    print(f"== failed: {task.spec.label} (Slurm job {job.job_id}): {_job_error(error)}; log: {log}",
-                          flush=True)
+                    failed[key] = f"{task.spec.label}: {error} (Slurm job {job.job_id}, log {log})"
+                    print(f"== failed: {task.spec.label} (Slurm job {job.job_id}): {error}; log: {log}", flush=True)
             elif state == "UNKNOWN" and _lost(job, submitted, options.lost_after_s):
                 del pending[key]
                 failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} is unknown to Slurm (neither sacct nor "
                                f"squeue lists it) {_duration(time.time() - submitted)} after its submission: lost; "
                                "the command submits it again when run again")
                 print(f"== lost: {failed[key]}", flush=True)
+            elif state == "PREEMPTED" and time.time() - preempted_since.setdefault(key, time.time()) > options.lost_after_s:
+                del pending[key]  # Slurm requeues a task it preempts within seconds, where its partition says so
+                failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} was preempted and not requeued in "
+                               f"{_duration(options.lost_after_s)} (its partition's PreemptMode cancels); the command "
+                               "resumes its run from its last checkpoint when run again")
+                print(f"== preempted: {failed[key]}", flush=True)
+            if state != "PREEMPTED":
+                preempted_since.pop(key, None)
+            said = _requeues(job)
+            if key in pending and said and said != requeued.get(key):
+                requeued[key] = said
+                print(f"== {task.name} (Slurm job {job.job_id}): " + (
+                    f"requeued at the time limit ({said['time_limit']} time{'s' if said['time_limit'] > 1 else ''})"
+                    if said["time_limit"] else "preempted and requeued") + (
+                    f", resumes after epoch {said['epoch']}" if said["epoch"] else ", resumes from the start"), flush=True)
         states = [job.state for _, job, _ in pending.values()]
         running = sum(s in ("RUNNING", "COMPLETING") for s in states)
-        counts = (len(jobs) - len(pending), running, len(pending) - running)
+        counts = (len(jobs) - len(pending), running, len(pending) - running,
+                  sum(said["time_limit"] for said in requeued.values()))
         if counts != shown:
             shown = counts
             print(f"== Slurm, {time.perf_counter() - started:.0f} s: {counts[0]} of {len(jobs)} finished, "
-                  f"{counts[1]} running, {counts[2]} pending", flush=True)
+                  f"{counts[1]} running, {counts[2]} pending" + (f"; {counts[3]} requeue{'s' if counts[3] > 1 else ''} "
+                  "at the time limit so far" if counts[3] else ""), flush=True)
         if pending:
             time.sleep(options.poll_s)
     print(f"== {len(jobs) - len(failed)} of {len(jobs)} runs trained in Slurm in {time.perf_counter() - started:.0f} s",
@@ -333,11 +512,45 @@ def _wait(jobs: list, options: SlurmOptions) -> list[str]:
     return [failed[key] for key in sorted(failed)]  # in the sweep's order
 
 
-def _job_error(error: BaseException) -> str:
+def _requeues(job) -> dict | None:
+    """What the task of ``job`` said at its last requeue (:meth:`RunTask.checkpoint`): {"time_limit", "preempted",
+    "epoch"}, or None where it has not been requeued (or the file is not what it writes)."""
+    try:
+        said = json.loads((job.paths.folder / f"{job.job_id}_requeues.json").read_text())
+    except (OSError, ValueError):
+        return None
+    fields = ("time_limit", "preempted", "epoch")
+    if not (isinstance(said, dict) and all(isinstance(said.get(k), int) for k in fields)):
+        return None
+    return {k: said[k] for k in fields}
+
+
+def _task_error(job, state: str, patience_s: float = 15.0) -> str | None:
+    """The error of an ended task in one line, or None where its run finished. Its result pickle (submitit's
+    ``("success", seconds)`` or ``("error", traceback)``) is read through :func:`read_trusted` and only then
+    unpickled; a task that ended without one (cancelled, killed, out of memory) is said with its Slurm state and
+    the last line of its log. A shared filesystem may show the pickle late: it is waited for ``patience_s``."""
+    import pickle
+
+    if job.paths.folder.exists():
+        check_trusted(job.paths.folder)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            outcome, value = pickle.loads(read_trusted(job.paths.result_pickle))
+            break
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                log = job.paths.stderr.read_text(errors="replace").strip().splitlines() if job.paths.stderr.exists() else []
+                return (f"the task ended ({state}) without a result" + (f": {log[-1].strip()}" if log else "")
+                        + " (killed, out of memory or its node lost?)")
+            time.sleep(1)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            return f"its result {job.paths.result_pickle} cannot be read ({type(e).__name__}: {e})"
+    return None if outcome == "success" else _job_error(str(value))
+
+
+def _job_error(trace: str) -> str:
     """The last line of a task's traceback: the run's own error (a diverged run, a damaged file)."""
-    text = str(error)
-    trace = text.split("-" * 22)
-    lines = [line.strip() for line in (trace[1] if len(trace) > 2 else text).strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix(f"{RunFailed.__module__}.RunFailed: ") if lines else type(error).__name__
-
-
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix(f"{RunFailed.__module__}.RunFailed: ") if lines else "an error without a message"
