@@ -21,6 +21,7 @@ import pytest
 from vaehelpers import report as report_module
 from vaehelpers import speed, train
 from vaehelpers.__main__ import main
+from vaehelpers.files import write_atomic
 from vaehelpers.local import run_local
 from vaehelpers.params import PROJECT
 from vaehelpers.report import RunsMissing, load_report
@@ -88,6 +89,25 @@ def _plant(folder: Path, marker: Path) -> None:
     (folder / "1234_0_0_result.pkl").write_bytes(pickle.dumps(("success", Planted(marker))))
 
 
+def _private_group() -> bool:
+    """Whether this user's primary group is a group of their own (named after them, no other member)."""
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.getuid())
+    group = grp.getgrgid(user.pw_gid)
+    return group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+
+
+def _shared_group(path: Path) -> None:
+    """Give ``path`` a group other users are in, so that its group write bit lets others write it (a group of this
+    user's own would not: it is accepted)."""
+    if os.geteuid() == 0:
+        os.chown(path, -1, 65534, follow_symlinks=False)
+    elif _private_group():
+        pytest.skip("this user's group is their own and only root can give a file another group here")
+
+
 @pytest.mark.parametrize("where", ["slurm folder", "record"])
 def test_a_slurm_folder_or_record_others_can_write_is_refused_and_nothing_in_it_loaded(tmp_path, where, capsys):
     folder, marker = slurm_dir(tmp_path / "runs"), tmp_path / "marker"
@@ -95,6 +115,7 @@ def test_a_slurm_folder_or_record_others_can_write_is_refused_and_nothing_in_it_
     record = {"version": 1, "jobs": {run_key(_task(tmp_path)): {"job": "1234_0", "notebook": "x", "label": "y",
                                                                 "submitted": time.time()}}}
     (folder / "jobs.json").write_text(json.dumps(record))
+    _shared_group(folder if where == "slurm folder" else folder / "jobs.json")
     folder.chmod(0o775 if where == "slurm folder" else 0o700)
     (folder / "jobs.json").chmod(0o664 if where == "record" else 0o600)
     bad, mode = (folder, "0775") if where == "slurm folder" else (folder / "jobs.json", "0664")
@@ -120,6 +141,7 @@ def test_a_job_folder_others_can_write_is_refused_before_its_result_is_unpickled
                                                                 "submitted": time.time()}}}
     (folder / "jobs.json").write_text(json.dumps(record))
     (folder / "jobs.json").chmod(0o600)
+    _shared_group(job)
     job.chmod(0o770)  # the job's folder group-writable: what lies in it is not this user's alone
     with pytest.raises(Untrusted, match=rf"^{re.escape(str(job))} can be written by other users \(mode 0770\)"):
         run_slurm([_task(tmp_path)], tmp_path / "runs", SlurmOptions(poll_s=0.1, lost_after_s=20))
@@ -354,8 +376,7 @@ def test_a_preempted_task_slurm_never_requeues_is_reported_after_the_grace_perio
         time.sleep(0.3)
         requeued.state = "PENDING"
         time.sleep(0.7)
-        requeued.paths.result_pickle.write_bytes(pickle.dumps(("success", 12.0)))  # submitit's result, private
-        requeued.paths.result_pickle.chmod(0o600)
+        write_atomic(requeued.paths.result_pickle, pickle.dumps(("success", 12.0)), mode=0o600)  # as submitit's
         requeued.state = "COMPLETED"
 
     threading.Thread(target=slurm, daemon=True).start()
@@ -363,8 +384,10 @@ def test_a_preempted_task_slurm_never_requeues_is_reported_after_the_grace_perio
     failures = _wait([(task, preempted, time.time()), (task, requeued, time.time())],
                      SlurmOptions(poll_s=0.05, lost_after_s=2.0))
     assert 2.0 <= time.monotonic() - started < 10
-    assert failures == [f"{task.spec.label}: Slurm job 51_0 was preempted and not requeued in 2 s (its partition's "
-                        "PreemptMode cancels); the command resumes its run from its last checkpoint when run again"]
+    assert len(failures) == 1 and re.fullmatch(
+        rf"{task.spec.label}: Slurm job 51_0 was preempted and not requeued \(\d s in that state, out of Slurm's queue: "
+        r"its partition's PreemptMode cancels\); the command submits it again when run again, and its run resumes "
+        r"from its last checkpoint", failures[0]), failures
     assert "== 1 of 2 runs trained in Slurm" in capsys.readouterr().out
 
 
@@ -388,8 +411,12 @@ def test_a_result_pickle_another_user_owns_or_a_link_is_never_unpickled(tmp_path
     pickle_file.rename(moved)
     pickle_file.symlink_to(moved)  # a link in its place: not followed
     with pytest.raises(Untrusted, match=rf"^{re.escape(str(pickle_file))} is a symbolic link"):
-        read_trusted(pickle_file)
+        _task_error(job, "COMPLETED")
     assert not marker.exists()
+    fifo = job.paths.folder / "fifo"
+    os.mkfifo(fifo, 0o600)  # nothing to read, ever: refused at once, not waited on
+    with pytest.raises(Untrusted, match="is not a regular file"):
+        read_trusted(fifo)
     pickle_file.unlink()
     assert _task_error(job, "CANCELLED", patience_s=0) == ("the task ended (CANCELLED) without a result (killed, out "
                                                            "of memory or its node lost?)")
@@ -399,12 +426,24 @@ def test_a_result_pickle_another_user_owns_or_a_link_is_never_unpickled(tmp_path
     assert _task_error(job, "FAILED") == "TrainingDiverged: the run diverged"
 
 
-@pytest.mark.parametrize("mode", [0o775, 0o1777])
-def test_a_runs_folder_others_could_swap_is_refused_unless_sticky(tmp_path, mode):
+@pytest.mark.parametrize("mode", [0o775, 0o1777, "private group"])
+def test_a_runs_folder_others_could_swap_is_refused_unless_sticky_or_the_users_own_group(tmp_path, mode):
+    import grp
+    import pwd
+
     from vaehelpers.slurm import _private
 
     runs = tmp_path / "shared" / "runs"
     runs.mkdir(parents=True)
+    user = pwd.getpwuid(os.getuid())
+    if mode == "private group":  # RHEL's umask 002 with a group of one's own: only this user writes
+        if not _private_group():
+            pytest.skip(f"the primary group of {user.pw_name} ({grp.getgrgid(user.pw_gid).gr_name}) is not theirs alone")
+        os.chown(tmp_path / "shared", -1, user.pw_gid)
+        (tmp_path / "shared").chmod(0o775)
+        assert _private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
+        return
+    _shared_group(tmp_path / "shared")
     (tmp_path / "shared").chmod(mode)  # a shared project folder: group-writable (or sticky, like /tmp)
     if mode & 0o1000:
         assert _private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
@@ -412,23 +451,39 @@ def test_a_runs_folder_others_could_swap_is_refused_unless_sticky(tmp_path, mode
     with pytest.raises(Untrusted, match=rf"^{re.escape(str(tmp_path / 'shared'))} can be written by other users "
                                         r"\(mode 0775\), so another user could put a folder of theirs in the place of"):
         _private(slurm_dir(runs))
-    assert not slurm_dir(runs).exists() or not any(slurm_dir(runs).iterdir())
+    assert not slurm_dir(runs).exists()  # nothing made in the place it refused
 
 
-def test_a_requeue_at_the_time_limit_after_a_slice_without_a_checkpoint_is_refused_with_the_fix(tmp_path):
+def test_a_requeue_at_the_time_limit_after_a_slice_without_a_checkpoint_is_refused_with_the_fix(tmp_path, monkeypatch):
+    from vaehelpers import slurm
     from vaehelpers.slurm import RunFailed, RunTask
 
-    task = _task(tmp_path, epochs=3, base_channels=8, latent_dim=4, batch_size=50, precision="fp32", device="cpu")
+    monkeypatch.setattr(slurm, "end_descendants", lambda **kwargs: 0)  # it would end pytest's own children
+    named_in = tmp_path / "run_folder.txt"
+    monkeypatch.setenv(train.RUN_FOLDER_FILE, str(named_in))
+    task = _task(tmp_path, epochs=6)
     with pytest.raises(RunFailed, match=r"^run-kl1\.ipynb reached its time limit of 3 min without writing a checkpoint "
-                                        r"\(its run resumes from the start\): another slice would end the same way"):
-        RunTask(time_min=3).checkpoint(task, 1)
-    fit(RunConfig(kl_weight=1.0, epochs=3, precision="fp32", **{k: v for k, v in TINY.items() if k != "epochs"}),
-        runs_dir=tmp_path / "runs", progress=False, device="cpu")
-    old = time.time() - 3600  # its checkpoint from a slice before this process started
-    for path in (tmp_path / "runs").glob("*/checkpoint.pt"):
-        os.utime(path, (old, old))
-    with pytest.raises(RunFailed, match=r"without writing a checkpoint \(its run resumes after epoch 3 of 3\)"):
-        RunTask(time_min=3).checkpoint(task, 1)
+                                        r"in its last time slice \(its run resumes from the start\): another slice"):
+        RunTask(time_min=3).checkpoint(task, 1)  # under 10 min, submitit counts every signal as the time limit
+
+    def stop_at_3(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted after its checkpoint of epoch 3 of 6
+        fit(RunConfig(kl_weight=1.0, precision="fp32", **dict(TINY, epochs=6)), runs_dir=tmp_path / "runs",
+            progress=False, device="cpu", checkpoint_every=0, on_epoch_end=stop_at_3)
+    assert named_in.read_text().strip() == str(next((tmp_path / "runs").glob("*/checkpoint.pt")).parent.resolve())
+    after_3 = RunTask(time_min=3)
+    after_3.last_epoch = 3  # the requeue before was after epoch 3, and the run is still there
+    with pytest.raises(RunFailed, match=r"without writing a checkpoint in its last time slice \(its run resumes after "
+                                        r"epoch 3 of 6\)"):
+        after_3.checkpoint(task, 1)
+    capped = RunTask(time_min=3, max_requeues=2)
+    capped.requeues = 2
+    with pytest.raises(RunFailed, match=r"reached its time limit of 3 min after 2 requeues at it, the most "
+                                        r"--max-requeues allows: not requeued; its run resumes after epoch 3 of 6"):
+        capped.checkpoint(task, 1)
 
 
 def test_a_run_is_found_after_its_data_is_renamed_and_read_from_the_cache_after_its_data_is_gone(tmp_path, monkeypatch):
@@ -450,10 +505,13 @@ def test_a_run_is_found_after_its_data_is_renamed_and_read_from_the_cache_after_
     assert torch_equal(again.data().images, trained_on)
     assert len(list((tmp_path / "runs").glob("*/config.json"))) == 1
     # the explorer opens the run folder, which names the data's first path: now gone, the cache's copy is read
-    explorer = Explorer.open(run.dir)
+    with pytest.warns(UserWarning, match=r"faces\.npy, is not there any more: its images are read from the data "
+                                         r"cache's copy of what it trained on"):
+        explorer = Explorer.open(run.dir)
     assert torch_equal(explorer.images, trained_on[run.val_indices])
     np.save(source, np.load(renamed)[:100])  # other images at the recorded path: not what it trained on either
-    assert torch_equal(Explorer.open(run.dir).images, trained_on[run.val_indices])
+    with pytest.warns(UserWarning, match=r"faces\.npy, holds other images now: its images are read from the data cache"):
+        assert torch_equal(Explorer.open(run.dir).images, trained_on[run.val_indices])
     shutil.rmtree(tmp_path / "cache")
     source.unlink()
     with pytest.raises(FileNotFoundError, match=rf"^The data of run {run.dir.name}, {re.escape(str(source))}, is not "

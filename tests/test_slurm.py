@@ -243,7 +243,7 @@ def test_a_run_longer_than_its_time_limit_is_requeued_slice_after_slice_and_ends
     (out_log,) = (tmp_path / "runs" / "slurm").rglob(f"{job}_*log.out")
     (err_log,) = (tmp_path / "runs" / "slurm").rglob(f"{job}_*log.err")
     log = out_log.read_text()
-    for n, epoch in enumerate(said, 1):  # every slice's log kept: where it stopped, and where the next resumed
+    for n, epoch in enumerate(said, 1):  # the slices' logs, one after another: where each stopped and resumed
         assert f"== requeued at the time limit ({n} time{'s' if n > 1 else ''}), resumes after epoch {epoch} of {LONG}" in log
         assert f"after epoch {epoch} of {LONG}, its last checkpoint" in log
     assert f"after epoch {first} of {LONG}, its last checkpoint" in log
@@ -252,12 +252,18 @@ def test_a_run_longer_than_its_time_limit_is_requeued_slice_after_slice_and_ends
     assert [int(row["epoch"]) for row in history] == list(range(1, LONG + 1))
 
 
-def test_the_job_record_of_the_version_before_is_taken_over_and_its_task_not_submitted_twice(cluster, tmp_path, capsys):
+def test_the_job_record_of_the_version_before_is_taken_over_for_the_runs_its_tasks_train(cluster, tmp_path, capsys):
+    """The version before recorded output notebook -> job id: a job is taken over for the run its own pickle says
+    it trains, never for another run that only shares the notebook's name (other epochs)."""
     import json
+    import pickle
 
-    from vaehelpers.slurm import read_record, run_key, slurm_dir
+    import submitit
+    from submitit.core.utils import DelayedSubmission
 
-    task, gone = _task(tmp_path / "runs", tmp_path / "run.ipynb"), tmp_path / "gone.ipynb"
+    from vaehelpers.slurm import RunTask, read_record, run_key, slurm_dir
+
+    same, other = _task(tmp_path / "runs", tmp_path / "a.ipynb"), _task(tmp_path / "runs", tmp_path / "b.ipynb", seed=1)
     sleepers = [subprocess.run(["sbatch", "--parsable", "-c", "1", "-o", "/dev/null", "--wrap", "sleep 120"],
                                capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)]
     deadline = time.monotonic() + 30
@@ -267,16 +273,49 @@ def test_the_job_record_of_the_version_before_is_taken_over_and_its_task_not_sub
         time.sleep(0.2)
     folder = slurm_dir(tmp_path / "runs")
     folder.mkdir(mode=0o700, parents=True)
-    # what the version before wrote: output notebook -> job id, one for this call's run and one for no run of it
-    (folder / "submitted.json").write_text(json.dumps({str(task.out): sleepers[0], str(gone): sleepers[1]}))
+    trained = [same, Task(other.spec, other.out, dict(other.parameters, epochs=EPOCHS + 1), other.source)]
+    for job_id, task in zip(sleepers, trained):  # each job's pickle, as submitit wrote it for the version before
+        pickled = submitit.SlurmJob(folder / "%j", job_id).paths.submitted_pickle
+        pickled.parent.mkdir(mode=0o700)
+        pickled.write_bytes(pickle.dumps(DelayedSubmission(RunTask(10), task, 1)))
+        pickled.chmod(0o600)
+    (folder / "submitted.json").write_text(json.dumps({str(same.out): sleepers[0], str(other.out): sleepers[1]}))
     (folder / "submitted.json").chmod(0o600)
     try:
-        assert run_slurm([task], tmp_path / "runs", SlurmOptions(cpus_per_task=1, wait=False)) == ([], False)
+        assert run_slurm([same, other], tmp_path / "runs", SlurmOptions(cpus_per_task=1, wait=False)) == ([], False)
     finally:
         subprocess.run(["scancel", *sleepers], check=True)
     printed = capsys.readouterr().out
-    assert f"still in Slurm from an earlier call: run.ipynb (job {sleepers[0]})" in printed
-    assert "submitted Slurm job" not in printed  # waited on, not trained twice
-    assert (f"still in Slurm from the version before, for no run of this call (not waited on; its run waits for the "
-            f"lock of any run it shares): job {sleepers[1]} (gone.ipynb)") in printed
-    assert not (folder / "submitted.json").exists() and read_record(folder)[run_key(task)]["job"] == sleepers[0]
+    new = re.search(r"== submitted Slurm job (\d+): 1 task \(b\.ipynb\)", printed)  # only the other run
+    subprocess.run(["scancel", new.group(1)] if new else ["true"], check=True)
+    assert new, printed
+    assert f"still in Slurm from an earlier call: a.ipynb (job {sleepers[0]})" in printed
+    assert (f"still in Slurm from the version before, for no run of this call (not waited on; a run it shares waits "
+            f"for its lock): job {sleepers[1]} (b.ipynb)") in printed
+    assert read_record(folder)[run_key(same)]["job"] == sleepers[0]
+    assert json.loads((folder / "submitted.json").read_text()) == {str(other.out): sleepers[1]}  # kept for its run
+
+
+def test_a_task_preempted_and_never_requeued_is_submitted_again_by_the_next_call(cluster, tmp_path, capsys, monkeypatch):
+    import json
+
+    import submitit
+
+    from vaehelpers.slurm import read_record, run_key, slurm_dir
+
+    task = _task(tmp_path / "runs", tmp_path / "run.ipynb")
+    folder = slurm_dir(tmp_path)
+    folder.mkdir(mode=0o700)
+    (folder / "jobs.json").write_text(json.dumps({"version": 1, "jobs": {run_key(task): {
+        "job": "987654_0", "notebook": str(task.out), "label": task.spec.label, "submitted": time.time() - 60}}}))
+    (folder / "jobs.json").chmod(0o600)
+    state = submitit.SlurmJob.state  # what sacct says of a job a partition with PreemptMode=CANCEL preempted:
+    monkeypatch.setattr(submitit.SlurmJob, "state", property(  # PREEMPTED, while squeue no longer lists it
+        lambda job: "PREEMPTED" if job.job_id == "987654_0" else state.fget(job)))
+    run_slurm([task], tmp_path, SlurmOptions(cpus_per_task=1, time_min=5, wait=False))
+    printed = capsys.readouterr().out
+    job = re.search(r"== submitted Slurm job (\d+): 1 task", printed).group(1)
+    subprocess.run(["scancel", job], check=True)
+    assert ("== run.ipynb: Slurm job 987654_0 was preempted and not requeued: submitted again, to resume from its "
+            "last checkpoint") in printed
+    assert read_record(folder)[run_key(task)]["job"] in (job, f"{job}_0")

@@ -20,6 +20,7 @@ from .cache import default_cache_dir
 from .execute import end_descendants, error_text, execute_run
 from .files import locked, write_atomic
 from .sweep import Task
+from .train import RUN_FOLDER_FILE
 
 
 class RunFailed(RuntimeError):
@@ -59,6 +60,8 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
     max_requeues: int | None = None
     requeues = 0  # at the time limit, so far
     preemptions = 0
+    last_epoch = 0  # the run's last checkpoint at the requeue before
+    refused: str | None = None  # why checkpoint() refused a requeue
 
     def __init__(self, time_min: int, max_requeues: int | None = None) -> None:
         self.time_min, self.max_requeues = time_min, max_requeues
@@ -68,11 +71,17 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
         # KillWait. submitit ignores the SIGTERM; the notebook's kernel, which inherits this, must too: otherwise
         # it dies first, and the task records a failure ("Kernel died") instead of being started again. The
         # kernel ignores SIGUSR2 as well, which Slurm sends to every process of the task: it is submitit's to act on.
+        import submitit
+
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         os.umask(0o077)  # the result pickle submitit writes after this call: private
+        env = submitit.JobEnvironment()  # where fit() names the run folder it trains, for checkpoint()
+        os.environ[RUN_FOLDER_FILE] = str(env.paths.folder / f"{env.job_id}_run_folder.txt")
         try:
             return execute_run(task, threads=threads, kernel_ignores=(signal.SIGUSR2,))
         except Exception as e:
+            if self.refused:  # raised in the signal handler, it may reach here as the kernel's death instead
+                raise RunFailed(self.refused) from None
             if not hasattr(e, "ename"):
                 raise
             raise RunFailed(error_text(e)) from None
@@ -80,29 +89,36 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
     def checkpoint(self, task: Task, threads: int):  # noqa: ANN201 (submitit's DelayedSubmission)
         """Called by submitit on SIGUSR2, before it requeues the task: says why and where the run resumes, in the
         task's log and in ``<job>_requeues.json`` beside it (read by the waiting command); refuses (:class:`RunFailed`,
-        the task's error) a requeue at the time limit past ``max_requeues`` or after a slice that wrote no checkpoint."""
+        the task's error) a requeue at the time limit past ``max_requeues``, or after a slice whose run wrote no
+        checkpoint since the requeue before and is not finished (another slice would end the same way)."""
         import psutil
         import submitit
 
         end_descendants(grace_s=0)  # the kernel (which ignores the signals) at once: it writes nothing more, and
         # its last checkpoint, read below, is where the run resumes
-        started = psutil.Process().create_time()  # submitit's own clock starts with the process too
-        limit = (self.time_min or 0) * 60
-        timed_out = bool(self.time_min) and time.time() - started >= min(0.8 * limit, limit - 600)  # submitit's rule
-        epoch, written = _last_checkpoint(task)
-        resumes = f"after epoch {epoch} of {task.parameters.get('epochs')}" if epoch else "from the start"
-        if timed_out and (written is None or written < started):
-            raise RunFailed(f"{task.name} reached its time limit of {self.time_min} min without writing a checkpoint "
-                            f"(its run resumes {resumes}): another slice would end the same way, so it is not "
-                            "requeued; give the tasks more time (--time-min) or write checkpoints more often "
-                            "(--checkpoint-every) and run the command again")
-        if timed_out and self.max_requeues is not None and self.requeues >= self.max_requeues:
-            raise RunFailed(f"{task.name} reached its time limit of {self.time_min} min after {self.requeues} "
+        if self.time_min is None:  # submitted by the version before: submitit's count of timeouts applies
+            print("== requeued (time limit or preemption), resumes from its last checkpoint", flush=True)
+            return super().checkpoint(task, threads)
+        limit = self.time_min * 60
+        # submitit's rule (job_environment.py), its clock started with the process: under 10 min every signal counts
+        timed_out = time.time() - psutil.Process().create_time() >= min(0.8 * limit, limit - 600)
+        epoch, epochs = _last_checkpoint(os.environ.get(RUN_FOLDER_FILE))
+        resumes = f"after epoch {epoch} of {epochs}" if epoch else "from the start"
+        if timed_out and epoch <= self.last_epoch and not (epochs and epoch >= epochs):
+            self.refused = (f"{task.name} reached its time limit of {self.time_min} min without writing a "
+                            f"checkpoint in its last time slice (its run resumes {resumes}): another slice would end "
+                            "the same way, so it is not requeued; give the tasks more time (--time-min) or write "
+                            "checkpoints more often (--checkpoint-every) and run the command again")
+        elif timed_out and self.max_requeues is not None and self.requeues >= self.max_requeues:
+            self.refused = (f"{task.name} reached its time limit of {self.time_min} min after {self.requeues} "
                             f"requeue{'' if self.requeues == 1 else 's'} at it, the most --max-requeues allows: not "
                             f"requeued; its run resumes {resumes} when the command runs again (or raise "
                             "--max-requeues or --time-min)")
+        if self.refused:
+            raise RunFailed(self.refused)
         self.requeues += timed_out
         self.preemptions += not timed_out
+        self.last_epoch = epoch
         why = (f"requeued at the time limit ({self.requeues} time{'s' if self.requeues > 1 else ''})" if timed_out
                else "preempted: requeued")
         print(f"== {why}, resumes {resumes}", flush=True)
@@ -112,22 +128,17 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
         return super().checkpoint(task, threads)
 
 
-def _last_checkpoint(task: Task) -> tuple[int, float | None]:
-    """The epoch of the last checkpoint of the run ``task`` trains and when it was written (0 and None where it
-    has none yet): found as the notebook finds it (:func:`~vaehelpers.train.existing_run`)."""
-    from .params import notebook_settings, project_path, run_config
-    from .store import read_pt
-    from .train import existing_run
+def _last_checkpoint(named_in: str | None) -> tuple[int, int | None]:
+    """The epoch of the last checkpoint of the run whose folder ``fit`` wrote into the file ``named_in``, and the
+    run's epochs: (0, None) where there is none yet. Reads two small files, no data: it runs in a signal handler."""
+    from .store import read_json, read_pt
 
     try:
-        cfg = run_config(**notebook_settings(task.parameters))
-        data = cfg.load_images()
-        cfg = existing_run(cfg, project_path(str(task.parameters.get("runs_dir", "runs"))), data)
-        path = project_path(str(task.parameters.get("runs_dir", "runs"))) / cfg.run_name(data) / "checkpoint.pt"
-        if cfg.precision == "auto" or not path.exists():
+        run_dir = Path(Path(named_in).read_text().strip()) if named_in else None
+        if run_dir is None or not (run_dir / "checkpoint.pt").exists():
             return 0, None
-        return int(read_pt(path)["epoch"]), path.stat().st_mtime
-    except (OSError, ValueError, KeyError):  # nothing readable: as if none
+        return int(read_pt(run_dir / "checkpoint.pt")["epoch"]), int(read_json(run_dir / "config.json")["config"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):  # nothing readable: as if none
         return 0, None
 
 
@@ -142,11 +153,29 @@ class Untrusted(RuntimeError):
     """A Slurm folder or file another user owns or could write: never read, never unpickled."""
 
 
+def _others_may_write(st: os.stat_result) -> bool:
+    """Whether users other than this one may write a file or folder of this ``stat``: anyone, or its group, unless
+    that group is this user's own private group (named after the user, without other members: what RHEL-family
+    systems give each user, with umask 002)."""
+    if st.st_mode & 0o002:
+        return True
+    if not st.st_mode & 0o020:
+        return False
+    import grp
+    import pwd
+
+    try:
+        user, group = pwd.getpwuid(os.getuid()), grp.getgrgid(st.st_gid)
+    except KeyError:
+        return True
+    return not (st.st_gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name})
+
+
 def _distrust(st: os.stat_result) -> str | None:
     """Why a file or folder of this ``stat`` is not this user's alone, or None."""
     return ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
             else f"belongs to user id {st.st_uid}, not to you ({os.getuid()})" if st.st_uid != os.getuid()
-            else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})" if st.st_mode & 0o022
+            else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})" if _others_may_write(st)
             else None)
 
 
@@ -167,13 +196,14 @@ def read_trusted(path: Path) -> bytes:
     """The bytes of ``path``, read through one descriptor that is checked as :func:`check_trusted` checks the path:
     a file swapped in between a check and the read (by anyone who may write a folder above it) is never read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _refuse(path, "is a symbolic link") from None
         raise
     with os.fdopen(fd, "rb") as f:
-        why = _distrust(os.fstat(f.fileno()))
+        st = os.fstat(f.fileno())
+        why = _distrust(st) or (None if stat.S_ISREG(st.st_mode) else "is not a regular file")
         if why:
             raise _refuse(path, why)
         return f.read()
@@ -183,11 +213,14 @@ def check_folders_above(folder: Path) -> None:
     """Refuse ``folder`` where a folder above it lets another user put a folder of theirs in its place (one that is
     not root's or this user's, or that others may write without the sticky bit of /tmp): the tasks on the nodes
     read their pickles from ``folder`` by path, after any check here."""
-    for above in {*Path(os.path.abspath(folder)).parents, *folder.resolve().parents}:
-        st = above.lstat()
+    for above in sorted({*Path(os.path.abspath(folder)).parents, *folder.resolve().parents}):
+        try:
+            st = above.lstat()
+        except FileNotFoundError:  # made by _private, after this check
+            continue
         if st.st_uid not in (0, os.getuid()):
             why = f"belongs to user id {st.st_uid}"
-        elif not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        elif not stat.S_ISLNK(st.st_mode) and _others_may_write(st) and not st.st_mode & stat.S_ISVTX:
             why = f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
         else:
             continue
@@ -202,11 +235,12 @@ def slurm_dir(runs_dir: Path) -> Path:
 
 
 def _private(folder: Path) -> Path:
-    """``folder`` made ``0700`` (and the folders above it that are missing, ``0755`` whatever the umask) and checked."""
+    """``folder`` checked (:func:`check_folders_above`, before anything is made there) and made ``0700``, with the
+    folders above it that are missing made ``0755`` less the umask (never group-writable)."""
+    check_folders_above(folder)
     for missing in reversed([p for p in folder.parents if not p.exists()]):
         missing.mkdir(mode=0o755, exist_ok=True)
     folder.mkdir(mode=0o700, exist_ok=True)
-    check_folders_above(folder)
     check_trusted(folder)
     return folder
 
@@ -266,10 +300,16 @@ def _write_record(folder: Path, record: dict[str, dict]) -> None:
                  mode=0o600)
 
 
-def _adopt_old_record(folder: Path, tasks: list[Task], record: dict[str, dict]) -> Path | None:
+def _adopt_old_record(folder: Path, tasks: list[Task], record: dict[str, dict]) -> tuple[Path, dict] | None:
     """Take the tasks still in Slurm from ``submitted.json``, the record of the version before (output notebook ->
-    job id), into ``record`` under the run key of the task with that notebook, as that version waited on them;
-    says those no task of this call matches. Returns the old file (removed once the new record is written), or None."""
+    job id), into ``record``: each under the run key of the task of this call it trains, as its own pickle
+    (``<job>_submitted.pkl``, read through :func:`read_trusted`) says, never by its notebook's path alone, which
+    other settings share. Returns the old file and its entries still in Slurm for no task of this call (named here;
+    kept by :func:`_done_with`), or None where there is no such file."""
+    import pickle
+
+    import submitit
+
     path = folder / "submitted.json"
     if not path.exists():
         return None
@@ -280,25 +320,41 @@ def _adopt_old_record(folder: Path, tasks: list[Task], record: dict[str, dict]) 
     except ValueError:
         raise RecordDamaged(f"The Slurm job record of the version before, {path}, is damaged: check `squeue --me` "
                             "for tasks still running, then remove the file and run the command again.") from None
-    import submitit
-
-    by_notebook = {str(task.out): task for task in tasks}
-    unmatched = []
+    by_key = {run_key(task): task for task in tasks}
+    recorded = {e["job"] for e in record.values()}
+    others = {}
     for notebook, job_id in old.items():
-        state = submitit.SlurmJob(folder / "%j", job_id).state  # UNKNOWN: as a job of the record (lost, or not yet
-        if job_id in {e["job"] for e in record.values()} or state not in IN_FLIGHT | {"UNKNOWN"}:  # in sacct)
+        job = submitit.SlurmJob(folder / "%j", job_id)
+        if job_id in recorded or job.state not in IN_FLIGHT | {"UNKNOWN"}:  # UNKNOWN: not yet in sacct, or lost
             continue
-        task = by_notebook.get(notebook)
-        if task is None or run_key(task) in record:
-            if state in IN_FLIGHT:
-                unmatched.append(f"{job_id} ({Path(notebook).name})")
+        try:
+            key = run_key(pickle.loads(read_trusted(job.paths.submitted_pickle)).args[0])
+        except (OSError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, EOFError, TypeError):
+            key = None  # its pickle gone or unreadable: what it trains is not known
+        if key in by_key and key not in record:
+            record[key] = {"job": job_id, "notebook": notebook, "label": by_key[key].spec.label,
+                           "submitted": path.stat().st_mtime}
+        elif job.state in IN_FLIGHT:
+            others[notebook] = job_id
+    if others:
+        print("== still in Slurm from the version before, for no run of this call (not waited on; a run it shares "
+              "waits for its lock): job " + ", ".join(f"{j} ({Path(n).name})" for n, j in others.items()), flush=True)
+    return path, others
+
+
+def _done_with(old_record: tuple[Path, dict] | None) -> None:
+    """The record of the version before, once ``jobs.json`` holds what it took: removed, or left with its jobs
+    still in Slurm for other runs (a later call may be theirs)."""
+    if old_record is None:
+        return
+    path, others = old_record
+    try:
+        if others:
+            write_atomic(path, json.dumps(others, indent=1).encode(), mode=0o600)
         else:
-            record[run_key(task)] = {"job": job_id, "notebook": notebook, "label": task.spec.label,
-                                     "submitted": path.stat().st_mtime}
-    if unmatched:
-        print(f"== still in Slurm from the version before, for no run of this call (not waited on; its run waits "
-              f"for the lock of any run it shares): job {', '.join(unmatched)}", flush=True)
-    return path
+            path.unlink(missing_ok=True)
+    except OSError as e:
+        print(f"== warning: {path} could not be updated ({e}); `jobs.json` holds its tasks all the same", flush=True)
 
 
 class _Deferred:
@@ -353,17 +409,22 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                 if entry:
                     job = submitit.SlurmJob(folder=folder / "%j", job_id=entry["job"])
                     age = time.time() - entry["submitted"]
-                    if job.state in IN_FLIGHT or (job.state == "UNKNOWN" and not _lost(job, entry["submitted"],
-                                                                                       options.lost_after_s)):
+                    # a task that wrote its result has ended, whatever Slurm says yet: what it left, this call trains
+                    state = "ENDED" if job.paths.result_pickle.exists() else job.state
+                    if state == "PREEMPTED" and _preempted_for_good(job):
+                        print(f"== {task.name}: Slurm job {entry['job']} was preempted and not requeued: submitted "
+                              "again, to resume from its last checkpoint", flush=True)
+                    elif state in IN_FLIGHT or (state == "UNKNOWN" and not _lost(job, entry["submitted"],
+                                                                                 options.lost_after_s)):
                         jobs[run_key(task)] = (task, job, entry["submitted"])
-                    elif job.state == "UNKNOWN" and not job.paths.result_pickle.exists():
+                    elif state == "UNKNOWN":
                         print(f"== {task.name}: Slurm job {entry['job']}, submitted {_duration(age)} ago, is unknown "
                               "to Slurm (neither sacct nor squeue lists it): taken as lost, and submitted again",
                               flush=True)
             new = [task for task in tasks if run_key(task) not in jobs]
             if old_record is not None and not new:  # its tasks are in the record now (else written below)
                 _write_record(folder, record)
-                old_record.unlink()
+                _done_with(old_record)
             if jobs:
                 print(f"== {len(jobs)} run{'s' if len(jobs) > 1 else ''} still in Slurm from an earlier call: "
                       + ", ".join(f"{t.name} (job {j.job_id})" for t, j, _ in jobs.values()), flush=True)
@@ -375,8 +436,7 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                     slurm_array_parallelism=options.array_parallelism,
                     **({"slurm_partition": options.partition} if options.partition else {}),
                     **({"slurm_gpus_per_task": options.gpus_per_task} if options.gpus_per_task else {}),
-                    # a requeued task's log goes on after the slices before it, instead of replacing them
-                    slurm_additional_parameters={"open-mode": "append", **options.sbatch})
+                    **({"slurm_additional_parameters": dict(options.sbatch)} if options.sbatch else {}))
                 umask = os.umask(0o077)  # the job folders and pickles private; sbatch passes the umask to the tasks
                 try:
                     with _Deferred():  # no signal between the submission and its record
@@ -388,8 +448,6 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                                                      "label": task.spec.label, "submitted": now}
                         try:
                             _write_record(folder, record)
-                            if old_record is not None:
-                                old_record.unlink()
                         except BaseException:  # a job no record names would be waited on by nothing: cancelled
                             print(_cancel(submitted, "the job record could not be written"), file=sys.stderr,
                                   flush=True)
@@ -397,6 +455,7 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                             raise
                 finally:
                     os.umask(umask)
+                _done_with(old_record)
                 array = submitted[0].job_id.split("_")[0]
                 print(f"== submitted Slurm job {array}: {len(new)} task{'s' if len(new) > 1 else ''} "
                       f"({', '.join(t.name for t in new)}); logs in {submitted[0].paths.folder.parent}/"
@@ -434,19 +493,34 @@ def _cancel(submitted: list, why: str = "interrupted") -> str:
             "the others resume from their last checkpoints when the command runs again")
 
 
+def _in_queue(job_id: str) -> bool | None:
+    """Whether Slurm's queue (``squeue``: pending, running, requeued, not ended) lists the job; None where squeue
+    cannot answer (its controller down, say)."""
+    try:
+        queue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if queue.returncode == 0:
+        return bool(queue.stdout.strip())
+    return False if "invalid job id" in queue.stderr.lower() else None
+
+
 def _lost(job, submitted: float, lost_after_s: float) -> bool:
     """Whether a job sacct does not list is lost: submitted more than ``lost_after_s`` ago, no result written, and
-    not in Slurm's queue either (``squeue``; where squeue cannot answer, e.g. its controller is down, not lost)."""
+    not in Slurm's queue either (where squeue cannot answer, not lost)."""
     if time.time() - submitted <= lost_after_s or job.paths.result_pickle.exists():
         return False
-    try:
-        queue = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%i"], capture_output=True, text=True,
-                               timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    if queue.returncode == 0:
-        return not queue.stdout.strip()
-    return "invalid job id" in queue.stderr.lower()
+    return _in_queue(job.job_id) is False
+
+
+def _preempted_for_good(job) -> bool:
+    """A PREEMPTED job that is not coming back: Slurm's queue no longer lists it (a job requeued after its
+    preemption is listed again, pending) and it wrote no result."""
+    return not job.paths.result_pickle.exists() and _in_queue(job.job_id) is False
+
+
+PREEMPTED_GRACE_S = 60.0
+"""How long a task stays PREEMPTED outside Slurm's queue before it is taken as not requeued."""
 
 
 def _wait(jobs: list, options: SlurmOptions) -> list[str]:
@@ -481,21 +555,26 @@ def _wait(jobs: list, options: SlurmOptions) -> list[str]:
                                f"squeue lists it) {_duration(time.time() - submitted)} after its submission: lost; "
                                "the command submits it again when run again")
                 print(f"== lost: {failed[key]}", flush=True)
-            elif state == "PREEMPTED" and time.time() - preempted_since.setdefault(key, time.time()) > options.lost_after_s:
+            elif state == "PREEMPTED" and (
+                    time.time() - preempted_since.setdefault(key, time.time()) > options.lost_after_s or (
+                    time.time() - preempted_since[key] > min(PREEMPTED_GRACE_S, options.lost_after_s)
+                    and _preempted_for_good(job))):
                 del pending[key]  # Slurm requeues a task it preempts within seconds, where its partition says so
-                failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} was preempted and not requeued in "
-                               f"{_duration(options.lost_after_s)} (its partition's PreemptMode cancels); the command "
-                               "resumes its run from its last checkpoint when run again")
+                failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} was preempted and not requeued "
+                               f"({_duration(time.time() - preempted_since[key])} in that state, out of Slurm's "
+                               "queue: its partition's PreemptMode cancels); the command submits it again when run "
+                               "again, and its run resumes from its last checkpoint")
                 print(f"== preempted: {failed[key]}", flush=True)
             if state != "PREEMPTED":
                 preempted_since.pop(key, None)
             said = _requeues(job)
-            if key in pending and said and said != requeued.get(key):
-                requeued[key] = said
+            if said and said != requeued.get(key):
+                before = requeued.get(key, {"time_limit": 0})
                 print(f"== {task.name} (Slurm job {job.job_id}): " + (
                     f"requeued at the time limit ({said['time_limit']} time{'s' if said['time_limit'] > 1 else ''})"
-                    if said["time_limit"] else "preempted and requeued") + (
+                    if said["time_limit"] > before["time_limit"] else "preempted and requeued") + (
                     f", resumes after epoch {said['epoch']}" if said["epoch"] else ", resumes from the start"), flush=True)
+                requeued[key] = said
         states = [job.state for _, job, _ in pending.values()]
         running = sum(s in ("RUNNING", "COMPLETING") for s in states)
         counts = (len(jobs) - len(pending), running, len(pending) - running,
@@ -516,7 +595,7 @@ def _requeues(job) -> dict | None:
     """What the task of ``job`` said at its last requeue (:meth:`RunTask.checkpoint`): {"time_limit", "preempted",
     "epoch"}, or None where it has not been requeued (or the file is not what it writes)."""
     try:
-        said = json.loads((job.paths.folder / f"{job.job_id}_requeues.json").read_text())
+        said = json.loads(read_trusted(job.paths.folder / f"{job.job_id}_requeues.json"))
     except (OSError, ValueError):
         return None
     fields = ("time_limit", "preempted", "epoch")
@@ -529,12 +608,14 @@ def _task_error(job, state: str, patience_s: float = 15.0) -> str | None:
     """The error of an ended task in one line, or None where its run finished. Its result pickle (submitit's
     ``("success", seconds)`` or ``("error", traceback)``) is read through :func:`read_trusted` and only then
     unpickled; a task that ended without one (cancelled, killed, out of memory) is said with its Slurm state and
-    the last line of its log. A shared filesystem may show the pickle late: it is waited for ``patience_s``."""
+    the last line of its log. A shared filesystem may show the pickle late: where the task ran to its end (COMPLETED,
+    FAILED) it is waited for ``patience_s``."""
     import pickle
 
     if job.paths.folder.exists():
         check_trusted(job.paths.folder)
-    deadline = time.monotonic() + patience_s
+    # a task that ran to its end wrote one (submitit: before it exits); one killed, cancelled or preempted did not
+    deadline = time.monotonic() + (patience_s if state in ("COMPLETED", "FAILED") else 0)
     while True:
         try:
             outcome, value = pickle.loads(read_trusted(job.paths.result_pickle))

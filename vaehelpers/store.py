@@ -30,6 +30,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -215,15 +216,19 @@ class Run:
         try:
             data = self.config.load_images(cache_dir)
             if self.config.data.startswith("builtin") or self.config.data_identity == 1 or data.key == recorded:
-                return data
+                return data  # (a run named by its data's path recorded a key of paths and times, not of content)
             problem = "holds other images now"
         except FileNotFoundError:
             problem = "is not there any more"
+        except ValueError as e:  # an emptied folder, a damaged array
+            problem = f"cannot be read now ({e})"
         kept = cached_images(recorded, self.config.data, cache_dir)
         if kept is None:
             raise FileNotFoundError(f"The data of run {self.dir.name}, {self.config.data}, {problem}, and the data "
-                                    "cache holds no copy of the images it trained on: put the data back there (or, in Python, set "
-                                    "the run's config.data to where it is now) and load the run again.")
+                                    "cache holds no copy of the images it trained on: put the data back there (or, in "
+                                    "Python, set the run's config.data to where it is now) and load the run again.")
+        warnings.warn(f"The data of run {self.dir.name}, {self.config.data}, {problem}: its images are read from the "
+                      "data cache's copy of what it trained on.", stacklevel=2)
         return kept
 
     @property

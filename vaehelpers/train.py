@@ -317,6 +317,11 @@ def decide(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str |
     return replace(choice, why=f"the run exists in {settled.precision}; {choice.why}")
 
 
+RUN_FOLDER_FILE = "VAEHELPERS_RUN_FOLDER_FILE"
+"""The environment variable naming a file into which :func:`fit` writes the folder of the run it trains: how a
+Slurm task (:class:`~vaehelpers.slurm.RunTask`) finds its run's last checkpoint when Slurm signals it."""
+
+
 def fit(
     cfg: RunConfig | None = None,
     *,
@@ -358,6 +363,8 @@ def fit(
     cfg = replace(cfg, precision=choice.precision)  # part of the run's identity
     run_dir = Path(runs_dir) / cfg.run_name(data)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
+    if os.environ.get(RUN_FOLDER_FILE):
+        write_atomic(Path(os.environ[RUN_FOLDER_FILE]), f"{run_dir.resolve()}\n".encode())
     with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
