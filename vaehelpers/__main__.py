@@ -70,7 +70,17 @@ def _sbatch_option(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"--sbatch takes KEY=VALUE (an sbatch option without its dashes), e.g. "
                                          f"account=mylab; got {text!r}.")
-    return key.strip().lstrip("-"), value
+    key = key.strip().lstrip("-")
+    if key in OWN_SBATCH:
+        raise argparse.ArgumentTypeError(f"--sbatch {key}=... would undo {OWN_SBATCH[key]}; got {text!r}.")
+    return key, value
+
+
+OWN_SBATCH = {"time": "--time-min, by which a task's requeues are decided: give the limit there",
+              "t": "--time-min, by which a task's requeues are decided: give the limit there",
+              "signal": "submitit's signal before the time limit, by which a task is requeued",
+              "open-mode": "the logs that keep every time slice of a task"}
+"""sbatch options the Slurm executor sets itself, and why ``--sbatch`` may not set them."""
 
 
 def _weights(text: str) -> list[float]:

@@ -105,6 +105,6 @@ def end_descendants(grace_s: float = 5.0) -> int:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(alive, timeout=grace_s)
+        psutil.wait_procs(alive, timeout=max(grace_s, 5.0))  # gone, not only signalled (a write to NFS ends first)
         ended.update(p.pid for p in procs)
     return len(ended)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import signal
 import stat
@@ -61,6 +62,7 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
     requeues = 0  # at the time limit, so far
     preemptions = 0
     last_epoch = 0  # the run's last checkpoint at the requeue before
+    stalled = 0  # time slices in a row that ended without a newer checkpoint
     refused: str | None = None  # why checkpoint() refused a requeue
 
     def __init__(self, time_min: int, max_requeues: int | None = None) -> None:
@@ -102,44 +104,53 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
         limit = self.time_min * 60
         # submitit's rule (job_environment.py), its clock started with the process: under 10 min every signal counts
         timed_out = time.time() - psutil.Process().create_time() >= min(0.8 * limit, limit - 600)
-        epoch, epochs = _last_checkpoint(os.environ.get(RUN_FOLDER_FILE))
-        resumes = f"after epoch {epoch} of {epochs}" if epoch else "from the start"
-        if timed_out and epoch <= self.last_epoch and not (epochs and epoch >= epochs):
-            self.refused = (f"{task.name} reached its time limit of {self.time_min} min without writing a "
-                            f"checkpoint in its last time slice (its run resumes {resumes}): another slice would end "
-                            "the same way, so it is not requeued; give the tasks more time (--time-min) or write "
-                            "checkpoints more often (--checkpoint-every) and run the command again")
+        found, epochs = _last_checkpoint(os.environ.get(RUN_FOLDER_FILE))
+        epoch = found or 0  # None: no run folder named yet (the slice ended loading the data, say)
+        resumes = f"after epoch {epoch} of {epochs}" if epoch else "from its last checkpoint, if any"
+        stalled = self.stalled + 1 if found is None or found <= self.last_epoch else 0
+        if timed_out and stalled >= 2:  # one slice may go to the speed probe, or to measuring a finished run
+            self.refused = (f"{task.name} reached its time limit of {self.time_min} min twice in a row without "
+                            f"writing a checkpoint (its run resumes {resumes}): another slice would end the same way, "
+                            "so it is not requeued; give the tasks more time (--time-min) or write checkpoints more "
+                            "often (--checkpoint-every) and run the command again")
         elif timed_out and self.max_requeues is not None and self.requeues >= self.max_requeues:
             self.refused = (f"{task.name} reached its time limit of {self.time_min} min after {self.requeues} "
                             f"requeue{'' if self.requeues == 1 else 's'} at it, the most --max-requeues allows: not "
                             f"requeued; its run resumes {resumes} when the command runs again (or raise "
                             "--max-requeues or --time-min)")
         if self.refused:
+            print(f"== not requeued: {self.refused}", flush=True)
             raise RunFailed(self.refused)
         self.requeues += timed_out
         self.preemptions += not timed_out
-        self.last_epoch = epoch
+        self.last_epoch, self.stalled = max(epoch, self.last_epoch), stalled if timed_out else 0
         why = (f"requeued at the time limit ({self.requeues} time{'s' if self.requeues > 1 else ''})" if timed_out
                else "preempted: requeued")
         print(f"== {why}, resumes {resumes}", flush=True)
+        # submitit ends this process once it has requeued the task; the cell the notebook was running, cut off with
+        # its kernel, is then reported by asyncio as "Task exception was never retrieved": not an error of this run
+        logging.getLogger("asyncio").disabled = True
         env = submitit.JobEnvironment()
         write_atomic(env.paths.folder / f"{env.job_id}_requeues.json", json.dumps(
             {"time_limit": self.requeues, "preempted": self.preemptions, "epoch": epoch}).encode(), mode=0o600)
         return super().checkpoint(task, threads)
 
 
-def _last_checkpoint(named_in: str | None) -> tuple[int, int | None]:
-    """The epoch of the last checkpoint of the run whose folder ``fit`` wrote into the file ``named_in``, and the
-    run's epochs: (0, None) where there is none yet. Reads two small files, no data: it runs in a signal handler."""
+def _last_checkpoint(named_in: str | None) -> tuple[int | None, int | None]:
+    """The epoch of the last checkpoint of the run whose folder ``fit`` wrote into the file ``named_in`` (0 where it
+    has none yet; None where no folder is named or nothing can be read), and the run's epochs. Reads small files,
+    no data: it runs in a signal handler."""
     from .store import read_json, read_pt
 
     try:
         run_dir = Path(Path(named_in).read_text().strip()) if named_in else None
-        if run_dir is None or not (run_dir / "checkpoint.pt").exists():
+        if run_dir is None:
+            return None, None
+        if not (run_dir / "checkpoint.pt").exists():
             return 0, None
         return int(read_pt(run_dir / "checkpoint.pt")["epoch"]), int(read_json(run_dir / "config.json")["config"]["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):  # nothing readable: as if none
-        return 0, None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
 
 
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
@@ -153,10 +164,11 @@ class Untrusted(RuntimeError):
     """A Slurm folder or file another user owns or could write: never read, never unpickled."""
 
 
-def _others_may_write(st: os.stat_result) -> bool:
+def _others_may_write(st: os.stat_result, acl: bool) -> bool:
     """Whether users other than this one may write a file or folder of this ``stat``: anyone, or its group, unless
-    that group is this user's own private group (named after the user, without other members: what RHEL-family
-    systems give each user, with umask 002)."""
+    that group is this user's own private group (named after the user, no other member, no other account's primary
+    group: what RHEL-family systems give each user, with umask 002) and no access list (``acl``) names others (with
+    one, the group bits are the list's mask)."""
     if st.st_mode & 0o002:
         return True
     if not st.st_mode & 0o020:
@@ -168,15 +180,25 @@ def _others_may_write(st: os.stat_result) -> bool:
         user, group = pwd.getpwuid(os.getuid()), grp.getgrgid(st.st_gid)
     except KeyError:
         return True
-    return not (st.st_gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name})
+    own = st.st_gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+    return acl or not own or any(p.pw_gid == st.st_gid and p.pw_name != user.pw_name for p in pwd.getpwall())
 
 
-def _distrust(st: os.stat_result) -> str | None:
-    """Why a file or folder of this ``stat`` is not this user's alone, or None."""
+def _has_acl(where: Path | int) -> bool:
+    """Whether a POSIX access list is set on a path (not followed) or an open file."""
+    try:
+        names = os.listxattr(where) if isinstance(where, int) else os.listxattr(where, follow_symlinks=False)
+    except OSError:  # a filesystem without extended attributes: none
+        return False
+    return "system.posix_acl_access" in names
+
+
+def _distrust(st: os.stat_result, where: Path | int) -> str | None:
+    """Why a file or folder of this ``stat`` (at ``where``, a path or an open file) is not this user's alone, or None."""
     return ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
             else f"belongs to user id {st.st_uid}, not to you ({os.getuid()})" if st.st_uid != os.getuid()
-            else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})" if _others_may_write(st)
-            else None)
+            else f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+            if _others_may_write(st, _has_acl(where)) else None)
 
 
 def _refuse(path: Path, why: str) -> Untrusted:
@@ -187,7 +209,7 @@ def _refuse(path: Path, why: str) -> Untrusted:
 def check_trusted(path: Path) -> None:
     """Refuse ``path`` (the Slurm folder, a job's folder, its record or a result pickle) unless this user owns it
     and no one else may write it: unpickling a task's result runs code, and a job record names what to wait on."""
-    why = _distrust(path.lstat())
+    why = _distrust(path.lstat(), path)
     if why:
         raise _refuse(path, why)
 
@@ -203,7 +225,7 @@ def read_trusted(path: Path) -> bytes:
         raise
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        why = _distrust(st) or (None if stat.S_ISREG(st.st_mode) else "is not a regular file")
+        why = _distrust(st, f.fileno()) or (None if stat.S_ISREG(st.st_mode) else "is not a regular file")
         if why:
             raise _refuse(path, why)
         return f.read()
@@ -220,7 +242,7 @@ def check_folders_above(folder: Path) -> None:
             continue
         if st.st_uid not in (0, os.getuid()):
             why = f"belongs to user id {st.st_uid}"
-        elif not stat.S_ISLNK(st.st_mode) and _others_may_write(st) and not st.st_mode & stat.S_ISVTX:
+        elif not stat.S_ISLNK(st.st_mode) and _others_may_write(st, _has_acl(above)) and not st.st_mode & stat.S_ISVTX:
             why = f"can be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
         else:
             continue
@@ -241,6 +263,7 @@ def _private(folder: Path) -> Path:
     for missing in reversed([p for p in folder.parents if not p.exists()]):
         missing.mkdir(mode=0o755, exist_ok=True)
     folder.mkdir(mode=0o700, exist_ok=True)
+    check_folders_above(folder)  # again: a folder another user made in the meantime is theirs
     check_trusted(folder)
     return folder
 
@@ -327,14 +350,17 @@ def _adopt_old_record(folder: Path, tasks: list[Task], record: dict[str, dict]) 
         job = submitit.SlurmJob(folder / "%j", job_id)
         if job_id in recorded or job.state not in IN_FLIGHT | {"UNKNOWN"}:  # UNKNOWN: not yet in sacct, or lost
             continue
+        if job.paths.folder.exists():
+            check_trusted(job.paths.folder)
         try:
             key = run_key(pickle.loads(read_trusted(job.paths.submitted_pickle)).args[0])
-        except (OSError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, EOFError, TypeError):
+        except (OSError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, EOFError, TypeError,
+                ValueError, KeyError):
             key = None  # its pickle gone or unreadable: what it trains is not known
         if key in by_key and key not in record:
             record[key] = {"job": job_id, "notebook": notebook, "label": by_key[key].spec.label,
                            "submitted": path.stat().st_mtime}
-        elif job.state in IN_FLIGHT:
+        elif key not in by_key and job.state in IN_FLIGHT:
             others[notebook] = job_id
     if others:
         print("== still in Slurm from the version before, for no run of this call (not waited on; a run it shares "
@@ -408,6 +434,8 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
                 entry = record.get(run_key(task))
                 if entry:
                     job = submitit.SlurmJob(folder=folder / "%j", job_id=entry["job"])
+                    if job.paths.folder.exists():  # what lies in it decides what is waited on
+                        check_trusted(job.paths.folder)
                     age = time.time() - entry["submitted"]
                     # a task that wrote its result has ended, whatever Slurm says yet: what it left, this call trains
                     state = "ENDED" if job.paths.result_pickle.exists() else job.state
@@ -523,6 +551,15 @@ PREEMPTED_GRACE_S = 60.0
 """How long a task stays PREEMPTED outside Slurm's queue before it is taken as not requeued."""
 
 
+def _not_coming_back(job, preempted_s: float, lost_after_s: float) -> bool:
+    """Whether a task PREEMPTED for ``preempted_s`` will not run again: out of Slurm's queue after the grace, or,
+    where squeue cannot answer, after ``lost_after_s``. One squeue lists is coming back: waited on."""
+    if preempted_s <= min(PREEMPTED_GRACE_S, lost_after_s) or job.paths.result_pickle.exists():
+        return False
+    queued = _in_queue(job.job_id)
+    return queued is False or (queued is None and preempted_s > lost_after_s)
+
+
 def _wait(jobs: list, options: SlurmOptions) -> list[str]:
     """Wait for every (task, job, submitted), printing the counts when they change; the failed ones and the lost
     ones (unknown to Slurm ``options.lost_after_s`` after their submission), one line each. A job's folder and
@@ -555,10 +592,8 @@ def _wait(jobs: list, options: SlurmOptions) -> list[str]:
                                f"squeue lists it) {_duration(time.time() - submitted)} after its submission: lost; "
                                "the command submits it again when run again")
                 print(f"== lost: {failed[key]}", flush=True)
-            elif state == "PREEMPTED" and (
-                    time.time() - preempted_since.setdefault(key, time.time()) > options.lost_after_s or (
-                    time.time() - preempted_since[key] > min(PREEMPTED_GRACE_S, options.lost_after_s)
-                    and _preempted_for_good(job))):
+            elif state == "PREEMPTED" and _not_coming_back(job, time.time() - preempted_since.setdefault(key, time.time()),
+                                                           options.lost_after_s):
                 del pending[key]  # Slurm requeues a task it preempts within seconds, where its partition says so
                 failed[key] = (f"{task.spec.label}: Slurm job {job.job_id} was preempted and not requeued "
                                f"({_duration(time.time() - preempted_since[key])} in that state, out of Slurm's "
@@ -596,7 +631,7 @@ def _requeues(job) -> dict | None:
     "epoch"}, or None where it has not been requeued (or the file is not what it writes)."""
     try:
         said = json.loads(read_trusted(job.paths.folder / f"{job.job_id}_requeues.json"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, Untrusted):  # only counts: a file not this user's alone is not read, not fatal
         return None
     fields = ("time_limit", "preempted", "epoch")
     if not (isinstance(said, dict) and all(isinstance(said.get(k), int) for k in fields)):

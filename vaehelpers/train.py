@@ -322,6 +322,12 @@ RUN_FOLDER_FILE = "VAEHELPERS_RUN_FOLDER_FILE"
 Slurm task (:class:`~vaehelpers.slurm.RunTask`) finds its run's last checkpoint when Slurm signals it."""
 
 
+def _name_run_folder(run_dir: Path) -> None:
+    """Write ``run_dir`` into the file :data:`RUN_FOLDER_FILE` names, where it is set."""
+    if os.environ.get(RUN_FOLDER_FILE):
+        write_atomic(Path(os.environ[RUN_FOLDER_FILE]), f"{run_dir.resolve()}\n".encode())
+
+
 def fit(
     cfg: RunConfig | None = None,
     *,
@@ -354,6 +360,7 @@ def fit(
     check_split(data, cfg)
     asked, cfg = cfg, existing_run(cfg, runs_dir, data)
     run_dir = Path(runs_dir) / cfg.run_name(data)
+    _name_run_folder(run_dir)
     if cfg.precision != "auto" and (run_dir / "checkpoint.pt").exists():  # a finished run: reused, nothing measured
         with locked(run_dir / ".lock", f"the run {run_dir}"):
             done = load_run(run_dir)
@@ -363,8 +370,7 @@ def fit(
     cfg = replace(cfg, precision=choice.precision)  # part of the run's identity
     run_dir = Path(runs_dir) / cfg.run_name(data)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
-    if os.environ.get(RUN_FOLDER_FILE):
-        write_atomic(Path(os.environ[RUN_FOLDER_FILE]), f"{run_dir.resolve()}\n".encode())
+    _name_run_folder(run_dir)
     with locked(run_dir / ".lock", f"the run {run_dir}"):  # a second process waits here, then reuses the run
         done = load_run(run_dir) if (run_dir / "checkpoint.pt").exists() else None
         if done is None or not done.finished:
