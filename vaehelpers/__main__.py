@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     slurm.add_argument("--time-min", type=_at_least(1), default=SlurmOptions.time_min,
                        help="each task's time limit in minutes; a task that reaches it is requeued and resumes")
     slurm.add_argument("--max-requeues", type=_at_least(0),
-                       help="requeues at the time limit a task may take (default: no cap, as long as each time "
-                       "slice writes a checkpoint)")
+                       help="requeues at the time limit a task may take (default: no cap, as long as two time "
+                       "slices in a row do not end without a newer checkpoint)")
     slurm.add_argument("--array-parallelism", type=_at_least(1), default=SlurmOptions.array_parallelism,
                        help="at most this many tasks run at once")
     slurm.add_argument("--sbatch", type=_sbatch_option, action="append", default=[], metavar="KEY=VALUE",

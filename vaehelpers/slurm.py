@@ -41,8 +41,8 @@ class SlurmOptions:
     wait: bool = True  # False: submit, print the job id and return; the same command renders later
     poll_s: float = 10.0  # seconds between two looks at the tasks: one sacct call for all of them
     lost_after_s: float = 600.0  # a job sacct still does not list this long after its submission is lost
-    # requeues at the time limit a task may take; None: no cap, as long as each time slice writes a checkpoint
-    # (a slice that wrote none would end the same way again: the task fails, naming the fix)
+    # requeues at the time limit a task may take; None: no cap, as long as the run makes progress (two slices in a
+    # row without a newer checkpoint would go on ending the same way: the task fails, naming the fix)
     max_requeues: int | None = None
 
 
@@ -91,8 +91,8 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
     def checkpoint(self, task: Task, threads: int):  # noqa: ANN201 (submitit's DelayedSubmission)
         """Called by submitit on SIGUSR2, before it requeues the task: says why and where the run resumes, in the
         task's log and in ``<job>_requeues.json`` beside it (read by the waiting command); refuses (:class:`RunFailed`,
-        the task's error) a requeue at the time limit past ``max_requeues``, or after a slice whose run wrote no
-        checkpoint since the requeue before and is not finished (another slice would end the same way)."""
+        the task's error) a requeue at the time limit past ``max_requeues``, or after the second slice in a row that
+        ended with no newer checkpoint of the run (another slice would end the same way)."""
         import psutil
         import submitit
 
