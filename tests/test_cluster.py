@@ -31,17 +31,18 @@ from vaehelpers.store import RunConfig
 from vaehelpers.sweep import RunSpec, Task
 from vaehelpers.train import GPUUnusable, fit, resolve_device
 
-from conftest import fixed_rates
+from conftest import fixed_rates, interrupt_at
 
 TINY = dict(data="builtin:150", epochs=1, base_channels=8, latent_dim=4, batch_size=50)
 
 
 def test_the_report_step_finds_the_runs_a_node_trained_in_another_precision_and_trains_none(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
+    monkeypatch.setenv(speed.NATIVE_BF16_ENV, "0")  # the nodes have no native bf16, whatever this CPU has
     for weight in (1.0, 100.0, 0.0):  # what a cluster's tasks trained: fp32, decided on their nodes
         fit(RunConfig(kl_weight=weight, precision="fp32", **TINY), runs_dir=runs, progress=False, device="cpu")
     # The login node's "auto" would choose bf16 (native there, and twice as fast), and train everything again.
-    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(speed.NATIVE_BF16_ENV, "1")
     monkeypatch.setattr(speed, "measure", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))
     assert train.decide(RunConfig(kl_weight=10.0, **TINY), resolve_device("cpu"), RunConfig(**TINY).load_images(),
                         runs).precision == "bf16"
@@ -224,13 +225,15 @@ def test_one_local_worker_records_a_dead_kernel_and_goes_on_like_the_pool(tmp_pa
     assert "alive" in (tmp_path / "lives.ipynb").read_text()  # the next run was executed
 
 
+@pytest.mark.slow  # a report of three runs, stopped and (SIGTERM) run again
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_report_ends_every_worker_and_kernel_and_the_rerun_resumes(tmp_path, sig):
     """SIGTERM (``timeout``, a batch scheduler, a closing terminal) or SIGINT to the parent alone: no process it
     started is left, and (SIGTERM) the rerun resumes the runs from their checkpoints."""
     args = [sys.executable, "-m", "vaehelpers", "report", "--data", "builtin:600", "--epochs", "12", "--base-channels",
             "8", "--latent-dim", "4", "--batch-size", "50", "--kl-weights", "1,100,0", "--no-sigma-vae",
-            "--extra-seeds", "none", "--workers", "2", "--threads", "1", "--checkpoint-every", "0",
+            "--extra-seeds", "none", "--workers", "2", "--threads", "1", "--checkpoint-every", "0", "--no-pdf",
+            "--precision", "fp32", "--compile", "no",  # nothing for the speed probe to measure
             "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env=dict(os.environ, PYTHONPATH=str(PROJECT)))
@@ -479,13 +482,9 @@ def test_a_requeue_at_the_time_limit_after_a_slice_without_a_checkpoint_is_refus
                                         r"slice would end the same way, so it is not requeued; give the tasks more time"):
         twice.checkpoint(task, 1)
 
-    def stop_at_3(epoch, row):
-        if epoch == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):  # interrupted after its checkpoint of epoch 3 of 6
         fit(RunConfig(kl_weight=1.0, precision="fp32", **dict(TINY, epochs=6)), runs_dir=tmp_path / "runs",
-            progress=False, device="cpu", checkpoint_every=0, on_epoch_end=stop_at_3)
+            progress=False, device="cpu", checkpoint_every=0, on_epoch_end=interrupt_at(3))
     assert named_in.read_text().strip() == str(next((tmp_path / "runs").glob("*/checkpoint.pt")).parent.resolve())
     after_3 = RunTask(time_min=3)
     after_3.last_epoch, after_3.stalled = 3, 1  # the requeue before was after epoch 3 too, and the one before that

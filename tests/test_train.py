@@ -8,14 +8,10 @@ from vaehelpers.data import load_images, split_indices
 from vaehelpers.store import HISTORY_COLUMNS, RunConfig, default_snapshot_epochs, key_epochs, load_run, run_generator
 from vaehelpers.train import evaluate, fit
 
-from conftest import fixed_rates
+from conftest import fixed_rates, interrupt_at, without_time
 
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
-
-
-def _without_time(history):
-    return {k: v for k, v in history.items() if k not in ("seconds", "peak_gpu_mib")}
 
 
 def test_run_folder_holds_config_history_snapshots_and_weights(tmp_path):
@@ -41,9 +37,9 @@ def test_run_folder_holds_config_history_snapshots_and_weights(tmp_path):
 def test_same_seed_same_history_and_finished_run_is_reused(tmp_path):
     a = fit(runs_dir=tmp_path / "a", progress=False, **TINY)
     b = fit(runs_dir=tmp_path / "b", progress=False, **TINY)
-    assert _without_time(a.history) == _without_time(b.history)
+    assert without_time(a.history) == without_time(b.history)
     c = fit(runs_dir=tmp_path / "a", progress=False, **dict(TINY, seed=1))
-    assert c.dir != a.dir and _without_time(c.history) != _without_time(a.history)
+    assert c.dir != a.dir and without_time(c.history) != without_time(a.history)
     stamp = (a.dir / "checkpoint.pt").stat().st_mtime_ns
     calls = []
     again = fit(runs_dir=tmp_path / "a", progress=False, on_epoch_end=lambda e, row: calls.append(e), **TINY)
@@ -55,18 +51,14 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, precision):
     tiny = dict(TINY, precision=precision)
     whole = fit(runs_dir=tmp_path / "whole", progress=False, **tiny)
 
-    def interrupt(epoch, row):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt, checkpoint_every=0, **tiny)
+        fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=interrupt_at(1), checkpoint_every=0, **tiny)
     partial = load_run(next((tmp_path / "cut").iterdir()))
     assert partial.epochs_done == 1 and not partial.finished
     resumed_epochs = []
     resumed = fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=lambda e, r: resumed_epochs.append(e), **tiny)
     assert resumed_epochs == [2, 3]
-    assert _without_time(resumed.history) == _without_time(whole.history)
+    assert without_time(resumed.history) == without_time(whole.history)
     assert torch.equal(resumed.snapshots["epochs"][3]["samples"], whole.snapshots["epochs"][3]["samples"])
 
 
@@ -89,7 +81,7 @@ def test_files_are_written_by_time_and_a_run_cut_between_writes_restarts_from_th
     resumed_epochs = []
     resumed = fit(runs_dir=tmp_path / "cut", progress=False, on_epoch_end=lambda e, r: resumed_epochs.append(e),
                   **dict(TINY, epochs=4))
-    assert resumed_epochs == [3, 4] and _without_time(resumed.history) == _without_time(whole.history)
+    assert resumed_epochs == [3, 4] and without_time(resumed.history) == without_time(whole.history)
 
 
 def test_snapshot_epochs_default():
@@ -124,7 +116,7 @@ def test_auto_precision_is_the_probes_choice_and_bf16_only_where_the_cpu_has_it(
 def test_precision_is_part_of_the_run_identity(tmp_path):
     runs = {p: fit(runs_dir=tmp_path / "runs", progress=False, **dict(TINY, epochs=1, precision=p)) for p in ("fp32", "bf16")}
     assert runs["fp32"].dir != runs["bf16"].dir and len(list((tmp_path / "runs").iterdir())) == 2
-    assert _without_time(runs["fp32"].history) != _without_time(runs["bf16"].history)
+    assert without_time(runs["fp32"].history) != without_time(runs["bf16"].history)
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32; got 'fp16'"):
         RunConfig(precision="fp16")
 
@@ -132,7 +124,7 @@ def test_precision_is_part_of_the_run_identity(tmp_path):
 def test_bf16_run_is_deterministic_and_validated_in_fp32(tmp_path):
     a = fit(runs_dir=tmp_path / "a", progress=False, **dict(TINY, precision="bf16"))
     b = fit(runs_dir=tmp_path / "b", progress=False, **dict(TINY, precision="bf16"))
-    assert _without_time(a.history) == _without_time(b.history)
+    assert without_time(a.history) == without_time(b.history)
     # The recorded validation terms are the fp32 evaluation of the bf16-trained weights.
     data = load_images(TINY["data"], TINY["image_size"])
     _, val_idx = split_indices(len(data), TINY["val_fraction"], 0)
@@ -140,16 +132,21 @@ def test_bf16_run_is_deterministic_and_validated_in_fp32(tmp_path):
     assert val["neg_elbo"] == pytest.approx(a.history["val_neg_elbo"][-1], rel=1e-6)
 
 
-def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_measured_slowdown(tmp_path, monkeypatch):
+@pytest.mark.parametrize("told", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_warns_with_the_measured_slowdown(tmp_path, monkeypatch, told):
     from vaehelpers import speed
 
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
+    if told:  # the CPU view the environment gives (tests/conftest.py), said as such
+        monkeypatch.setenv(speed.NATIVE_BF16_ENV, "0")
+    else:  # the CPU's own flags
+        monkeypatch.delenv(speed.NATIVE_BF16_ENV)
+        monkeypatch.setattr(speed, "cpu_flags_native_bf16", lambda: False)
     train._emulation_rates.cache_clear()
-    with pytest.warns(train.EmulatedBf16, match=r"^precision bf16 is emulated on this CPU \(it has no AVX512-BF16 or "
-                                                r"AMX\): a training step of this model measured here ran \d+\.\dx slower "
-                                                r"than in fp32 \([\d,]+ against [\d,]+ images/s\); train with precision "
-                                                r"'auto' or 'fp32'"):
+    why = "VAEHELPERS_NATIVE_BF16=0 says so" if told else "it has no AVX512-BF16 or AMX"
+    with pytest.warns(train.EmulatedBf16, match=rf"^precision bf16 is emulated on this CPU \({why}\): a training step "
+                                                r"of this model measured here ran \d+\.\dx slower than in fp32 "
+                                                r"\([\d,]+ against [\d,]+ images/s\); train with precision 'auto' or "
+                                                r"'fp32'"):
         run = fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=1, precision="bf16"))
     assert run.config.precision == "bf16"
     import warnings
@@ -218,7 +215,7 @@ def test_a_run_written_before_independent_streams_keeps_its_name_its_streams_and
     stop = TINY["epochs"] - 1
     with pytest.raises(KeyboardInterrupt):
         fit(runs_dir=tmp_path / "cut", progress=False, streams=1, checkpoint_every=0,
-            on_epoch_end=lambda epoch, row: _interrupt(epoch == stop), **TINY)
+            on_epoch_end=interrupt_at(stop), **TINY)
     (cut,) = (tmp_path / "cut").iterdir()
     info = json.loads((cut / "config.json").read_text())
     del info["config"]["streams"]
@@ -226,12 +223,7 @@ def test_a_run_written_before_independent_streams_keeps_its_name_its_streams_and
     loaded = load_run(cut)
     assert loaded.config.streams == 1 and loaded.config.run_name(loaded.data(tmp_path).key) == cut.name == whole.dir.name
     resumed = fit(loaded.config, runs_dir=tmp_path / "cut", progress=False)
-    assert _without_time(resumed.history) == _without_time(whole.history)
+    assert without_time(resumed.history) == without_time(whole.history)
     new = fit(runs_dir=tmp_path / "new", progress=False, **TINY)
     assert new.config.streams == 2 and new.dir.name != whole.dir.name
-    assert _without_time(new.history) != _without_time(whole.history)
-
-
-def _interrupt(now: bool) -> None:
-    if now:
-        raise KeyboardInterrupt
+    assert without_time(new.history) != without_time(whole.history)

@@ -48,8 +48,25 @@ COMPILE_WORTH_S = 20.0
 PROBE_VERSION = 1
 
 
+NATIVE_BF16_ENV = "VAEHELPERS_NATIVE_BF16"
+"""Set to 1 or 0, it overrides what :func:`cpu_has_native_bf16` reads off the CPU: the tests view every CPU both
+ways with it (docs/testing.md), and 0 keeps bf16 out of ``auto``'s probe on a CPU where it is native."""
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), not by emulation."""
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), not by emulation; where the
+    environment variable ``VAEHELPERS_NATIVE_BF16`` is 1 or 0, what it says instead."""
+    view = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if view in ("0", "1"):
+        return view == "1"
+    if view:
+        raise ValueError(f"{NATIVE_BF16_ENV} = {view!r} should be 1 (native bf16) or 0 (none), or unset to read "
+                         "the CPU's own flags.")
+    return cpu_flags_native_bf16()
+
+
+def cpu_flags_native_bf16() -> bool:
+    """What the CPU's own flags say of bf16 (AVX512-BF16 or AMX), whatever ``VAEHELPERS_NATIVE_BF16`` says."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
