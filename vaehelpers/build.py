@@ -42,7 +42,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
                  seeds: tuple[int, ...] | None = None, latent_dims: tuple[int, ...] | None = None,
                  extra_seeds: tuple[int, ...] = (), executor: Executor = "local", workers: int | None = None,
                  threads: int | None = None, slurm: SlurmOptions | None = None, checkpoint_every: float | None = None,
-                 compiled: bool | None = None, **settings) -> dict[str, Path | None] | None:
+                 compiled: bool | None = None, pdf: bool = True, **settings) -> dict[str, Path | None] | None:
     """Train the sweep's runs (``run.ipynb`` once per run, ``executor`` choosing where), execute
     ``report.ipynb``, export HTML and PDF.
 
@@ -53,7 +53,8 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     ``compiled``: compile every run's training step (True), never (False), or where it pays (None). Here the
     precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide`) and passed to each run
     notebook; with Slurm, each task decides on its node, and the report finds the runs the tasks trained.
-    Returns the paths written (``pdf`` None where LaTeX is missing), or None where Slurm tasks were submitted
+    ``pdf``: also export the PDF (where LaTeX is installed).
+    Returns the paths written (``pdf`` None where LaTeX is missing or not asked for), or None where Slurm tasks were submitted
     without waiting. Raises :class:`~vaehelpers.sweep.SweepFailed` naming the runs that failed.
     """
     out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
@@ -132,8 +133,11 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
                                      seeds=list(sweep.seeds), latent_dims=list(sweep.latent_dims),
                                      extra_seeds=list(sweep.extra_seeds)))
     html = export_html(out / "report.ipynb", out / "report.html")
-    pdf = export_pdf(out / "report.ipynb", out / "report.pdf")
-    return {"html": html, "pdf": pdf, "notebook": out / "report.ipynb"}
+    written = export_pdf(out / "report.ipynb", out / "report.pdf") if pdf else None
+    if not pdf:
+        stale = out / "report.pdf"
+        print(f"PDF not written (--no-pdf){f'; {stale} is from an earlier build' if stale.exists() else ''}", flush=True)
+    return {"html": html, "pdf": written, "notebook": out / "report.ipynb"}
 
 
 def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
