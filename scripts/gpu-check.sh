@@ -15,7 +15,7 @@ if [ -d .whl ]; then
 	export PYTHONPATH=/tmp/vaehelpers-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ "${TINY:-0}" = 1 ]; then
-	settings=(--data builtin:150 --epochs 2 --base-channels 8 --latent-dim 4 --batch-size 50)
+	settings=(--data builtin:150 --epochs 2 --base-channels 8 --latent-dim 4 --batch-size 50 --no-pdf)
 	compare=(--data builtin:150 --epochs 2)
 else
 	settings=(--data builtin:21551 --epochs 100)

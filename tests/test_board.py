@@ -15,6 +15,8 @@ from vaehelpers.board import recorded_steps, write_missing
 from vaehelpers.measure import measure_run
 from vaehelpers.train import fit
 
+from conftest import interrupt_at
+
 pea = pytest.importorskip("tensorboard.backend.event_processing.plugin_event_accumulator",
                           reason="tensorboard is missing: rebuild .venv from the lock")
 
@@ -68,18 +70,25 @@ def _run_dir(runs):
     return folder
 
 
+def _next_second() -> None:
+    """Wait for the clock's next second. TensorBoard reads a run's event files in the order of their names, which
+    start with the second each was opened in, then the host, the process id and a per-process counter, compared as
+    text: two files opened in one second sort by pid or counter ("…9" after "…10"), not by time. A real resume
+    opens its file seconds after the cut one; a test that resumes at once waits for the next second as well."""
+    started = int(time.time())
+    while int(time.time()) == started:
+        time.sleep(0.02)
+
+
 def test_a_resumed_run_has_one_point_per_epoch(tmp_path, monkeypatch):
     clock = iter(range(0, 1000, 10))  # checkpoints at epochs 2 and 4: epoch 3's events are written, then dropped
     monkeypatch.setattr(train, "_clock", lambda: next(clock))
 
-    def interrupt(epoch, row):
-        if epoch == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(runs_dir=tmp_path, progress=False, on_epoch_end=interrupt, checkpoint_every=15, **TINY)
+        fit(runs_dir=tmp_path, progress=False, on_epoch_end=interrupt_at(3), checkpoint_every=15, **TINY)
     assert [s for s, _ in _curve(_events(_run_dir(tmp_path)), "val/neg_elbo")] == [6, 12, 18]  # epoch 3 not checkpointed
     monkeypatch.undo()
+    _next_second()
     resumed = fit(runs_dir=tmp_path, progress=False, **TINY)
     assert resumed.history["epoch"] == [1, 2, 3, 4]
     events = _events(resumed.dir)
@@ -102,6 +111,7 @@ def test_kill_9_during_training_leaves_events_that_load_and_a_clean_resume(tmp_p
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
     _events(_run_dir(tmp_path))  # loads
+    _next_second()
     resumed = fit(runs_dir=tmp_path, progress=False, **dict(TINY, epochs=8))
     steps, values = zip(*_curve(_events(resumed.dir), "val/neg_elbo"))
     assert steps == tuple(STEPS * e for e in range(1, 9))

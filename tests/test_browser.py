@@ -25,9 +25,7 @@ from conftest import missing_part
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if not (CHROMIUM and CHROMEDRIVER):
-    missing_part("chromium and chromium-driver are not installed: `make browser` installs them (apt; CI does)",
-                 module=True)
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("built")]  # `built` (conftest.py) made once, for these and test_cli's
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is missing: rebuild .venv from the lock")
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
@@ -36,6 +34,8 @@ from selenium.webdriver.support.ui import Select  # noqa: E402
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium with every request outside localhost refused (a proxy that does not exist)."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        missing_part("chromium and chromium-driver are not installed: `make browser` installs them (apt; CI does)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
@@ -68,17 +68,13 @@ def _wait(condition, what: str, timeout: float = 120, every: float = 0.2):
 # ---------------------------------------------------------------------------------------- the explorer
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab on a free localhost port, serving a copy of explore.ipynb pointed at two small finished runs."""
-    from vaehelpers.train import fit
-
+def lab(tmp_path_factory, two_runs):
+    """JupyterLab on a free localhost port, serving a copy of explore.ipynb pointed at the shared runs (conftest.py:
+    KL weight 1 and 0, 20 latent dimensions as in the report)."""
     root = tmp_path_factory.mktemp("lab")
-    cache = root / "cache"
-    for weight in (0.0, 1.0):
-        fit(data="builtin:600", image_size=64, base_channels=16, latent_dim=20, epochs=6, batch_size=50,
-            kl_weight=weight, runs_dir=root / "runs", progress=False, cache_dir=cache)  # 3 s each; 20 as in the report
+    cache = two_runs.cache_dir
     papermill.execute_notebook(ROOT / "notebooks" / "explore.ipynb", root / "explore.ipynb", prepare_only=True,
-                               parameters={"runs_dir": str(root / "runs")})
+                               parameters={"runs_dir": str(two_runs.runs_dir)})
     settings = root / "settings"
     for plugin, values in {"docmanager-extension/plugin": {"autosave": False},
                            "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}.items():
@@ -158,18 +154,39 @@ def _in_kernel(driver, code: str) -> str:
     return out
 
 
+# The widget messages the browser has yet to send the kernel: ipywidgets sends one message a model at a time and
+# holds back (merged) what changes meanwhile, so a slider's last values may reach the kernel after the kernel went
+# idle and the images stopped changing. -1: no widget manager found (the page is not what the tests expect).
+UNSENT_WIDGET_MESSAGES = NOTEBOOK + """
+const done = arguments[arguments.length - 1];
+const managers = new Set();
+for (const cell of nb.content.widgets) {
+  for (const panel of (cell.outputArea ? cell.outputArea.widgets : [])) {
+    for (const w of (panel.widgets || [])) if (w._manager) managers.add(w._manager.promise || w._manager);
+  }
+}
+if (!managers.size) { done(-1); return; }
+Promise.all([...managers]).then(ms => Promise.all(ms.flatMap(m => Object.values(m._models || {}))))
+  .then(models => done(models.reduce((n, m) => n + (m._pending_msgs || 0) + (m._msg_buffer ? 1 : 0), 0)),
+        e => done('ERROR ' + e));"""
+
+
 def _latent_decodes(driver) -> int:
     return int(_in_kernel(driver, "print(sum(latent_decodes))"))
 
 
 def _settle(driver, quiet: float = 1.5):
-    """Wait until the kernel has been idle and no image has changed for ``quiet`` seconds: the browser's
-    answers to the kernel's last update (the values it rounds and sends back) have all been handled."""
+    """Wait until the browser has no widget message left to send, and the kernel has been idle and no image has
+    changed for ``quiet`` seconds: the browser's answers to the kernel's last update (the values it rounds and
+    sends back) have all been handled. (Without the first condition, a slider's held-back last value could reach the
+    kernel after the wait and be counted by the next test: the likely cause of 23 decodes where 22 were expected.)"""
     images = "return [...document.querySelectorAll('.jp-OutputArea img')].map(i => i.src).join(' ');"
     state, since = None, time.monotonic()
     deadline = since + 60
     while time.monotonic() < deadline:
-        now = (driver.execute_script(KERNEL_IDLE), driver.execute_script(images))
+        unsent = driver.execute_async_script(UNSENT_WIDGET_MESSAGES)
+        assert isinstance(unsent, int) and unsent >= 0, f"the widget messages could not be counted: {unsent}"
+        now = (driver.execute_script(KERNEL_IDLE) and unsent == 0, driver.execute_script(images))
         if now != state:
             state, since = now, time.monotonic()
         elif state[0] and time.monotonic() - since >= quiet:

@@ -11,6 +11,8 @@ from vaehelpers.measure import measure_run
 from vaehelpers.store import load_run
 from vaehelpers.train import evaluate, fit
 
+from conftest import interrupt_at, without_time
+
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="no CUDA GPU visible to PyTorch: the cuda tests run on a GPU machine "
@@ -20,10 +22,6 @@ TINY = dict(data="builtin:240", image_size=32, base_channels=8, latent_dim=4, ep
             val_fraction=0.1, snapshot_epochs=[2, 4], panel_size=4, prior_samples=6)
 RESUME_RTOL = 1e-3
 """Interrupted and resumed against uninterrupted: relative difference allowed in any history value (bf16 on cuDNN)."""
-
-
-def _without_time(history):
-    return {k: v for k, v in history.items() if k not in ("seconds", "peak_gpu_mib")}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +47,10 @@ def test_fit_on_cuda_keeps_the_images_on_the_gpu_and_trains_in_bf16(tmp_path, mo
 
 
 def test_interrupted_cuda_run_resumes_to_the_same_history_within_bf16_tolerance(tmp_path, cuda_run):
-    def interrupt(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(runs_dir=tmp_path, device="cuda", progress=False, checkpoint_every=0, on_epoch_end=interrupt, **TINY)
+        fit(runs_dir=tmp_path, device="cuda", progress=False, checkpoint_every=0, on_epoch_end=interrupt_at(2), **TINY)
     resumed = fit(runs_dir=tmp_path, device="cuda", progress=False, checkpoint_every=0, **TINY)
-    whole, again = _without_time(cuda_run.history), _without_time(resumed.history)
+    whole, again = without_time(cuda_run.history), without_time(resumed.history)
     assert again["epoch"] == whole["epoch"]
     worst = max(abs(a - b) / max(abs(b), 1e-12) for k in whole for a, b in zip(again[k], whole[k]))
     print(f"largest relative difference, resumed against uninterrupted CUDA history: {worst:.2e}")

@@ -21,7 +21,7 @@ from vaehelpers.data import load_images
 from vaehelpers.files import NotWritable, write_atomic
 from vaehelpers.store import RunConfig, load_run, run_bytes
 
-from conftest import TINY
+from conftest import TINY, without_time
 
 TINY_RUN = dict(data="builtin:150", epochs=3, base_channels=8, latent_dim=4, batch_size=50, precision="fp32")
 
@@ -128,8 +128,7 @@ def test_a_disk_that_fills_mid_run_keeps_the_last_checkpoint_and_the_rerun_ends_
     assert load_run(run_dir).epochs_done == 2 and _temporary_files(runs) == []
     monkeypatch.undo()
     resumed = fit(RunConfig(**TINY_RUN), runs_dir=runs, progress=False, checkpoint_every=0)
-    timeless = lambda history: {k: v for k, v in history.items() if k not in ("seconds", "peak_gpu_mib")}  # noqa: E731
-    assert timeless(resumed.history) == timeless(reference.history)
+    assert without_time(resumed.history) == without_time(reference.history)
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
                                                  reference.model.state_dict().values()))
 
@@ -158,8 +157,7 @@ def test_a_full_disk_met_by_the_events_writer_is_the_same_one_sentence_and_the_r
     assert load_run(run_dir).epochs_done == 2 and _temporary_files(runs) == []
     monkeypatch.undo()
     resumed = fit(RunConfig(**TINY_RUN), runs_dir=runs, progress=False, checkpoint_every=0)
-    timeless = lambda history: {k: v for k, v in history.items() if k not in ("seconds", "peak_gpu_mib")}  # noqa: E731
-    assert timeless(resumed.history) == timeless(reference.history)
+    assert without_time(resumed.history) == without_time(reference.history)
 
 
 def test_the_report_refuses_before_training_when_its_runs_cannot_fit(tmp_path, mounts, capsys):

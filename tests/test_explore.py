@@ -10,42 +10,32 @@ import torch
 from papermill.exceptions import PapermillExecutionError
 
 from vaehelpers.explore import Explorer, default_run, finished_runs, png, set_quietly
-from vaehelpers.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    cache = root / "cache"
-    for weight in (1.0, 0.0):
-        fit(data="builtin:200", image_size=64, base_channels=8, latent_dim=5, epochs=2, batch_size=50,
-            kl_weight=weight, runs_dir=root, progress=False, cache_dir=cache)
-    with pytest.raises(KeyboardInterrupt):  # an unfinished run is not offered
-        fit(data="builtin:200", image_size=64, base_channels=8, latent_dim=5, epochs=3, batch_size=50,
-            runs_dir=root, progress=False, cache_dir=cache, on_epoch_end=_interrupt, checkpoint_every=0)
-    return root
-
-
-def _interrupt(epoch, row):
-    raise KeyboardInterrupt
+LATENT = 20  # conftest.TWO_RUNS
 
 
 @pytest.fixture
-def explorer(runs_dir, monkeypatch):
-    monkeypatch.setenv("VAEHELPERS_CACHE", str(runs_dir / "cache"))
-    return Explorer.open(next(p for p in runs_dir.iterdir() if "_kl1_" in p.name))
+def runs_dir(two_runs, monkeypatch):
+    """The shared runs (tests/conftest.py: KL weight 1 and 0, and one unfinished), their data cache in use."""
+    monkeypatch.setenv("VAEHELPERS_CACHE", str(two_runs.cache_dir))
+    return two_runs.runs_dir
+
+
+@pytest.fixture
+def explorer(runs_dir, two_runs):
+    return Explorer.open(two_runs.kl1.dir)
 
 
 def test_finished_runs_are_listed_by_weight(runs_dir, tmp_path):
+    assert len(list(runs_dir.iterdir())) == 3  # the unfinished run is not offered
     labels = list(finished_runs(runs_dir))
     assert len(labels) == 2 and labels[0].startswith("KL weight 0 —") and labels[1].startswith("KL weight 1 —")
     assert finished_runs(tmp_path) == {}
 
 
 def test_sliders_start_at_mu_and_decode_to_the_reconstruction(explorer):
-    assert sorted(explorer.dims_by_kl) == list(range(5))
+    assert sorted(explorer.dims_by_kl) == list(range(LATENT))
     assert explorer.kl[explorer.dims_by_kl[0]] >= explorer.kl[explorer.dims_by_kl[-1]]
     z = explorer.code_of(3)
     original, reconstruction, error = explorer.reconstruction(3)
@@ -63,12 +53,12 @@ def test_interpolation_ends_and_spherical_path(explorer, monkeypatch):
     assert torch.equal(explorer.interpolate(0, 1, 0.0, spherical=True), start)
     # The paths themselves, between two orthogonal codes of norm 3: the tiny model's own codes lie so near 0 (where
     # bf16 training leaves them) that its 8-bit decodings of the two midpoints can be equal.
-    codes = {0: [3.0, 0.0, 0.0, 0.0, 0.0], 1: [0.0, 3.0, 0.0, 0.0, 0.0]}
+    codes = {0: [3.0] + [0.0] * (LATENT - 1), 1: [0.0, 3.0] + [0.0] * (LATENT - 2)}
     monkeypatch.setattr(explorer, "code_of", codes.__getitem__)
     monkeypatch.setattr(explorer, "decode", torch.tensor)
     spherical, linear = explorer.interpolate(0, 1, 0.5, spherical=True), explorer.interpolate(0, 1, 0.5)
-    assert torch.allclose(spherical, torch.tensor([1.0, 1.0, 0, 0, 0]) * 3 / 2**0.5)  # on the circle of radius 3
-    assert torch.allclose(linear, torch.tensor([1.5, 1.5, 0, 0, 0]))  # on the chord
+    assert torch.allclose(spherical, torch.tensor([1.0, 1.0] + [0.0] * (LATENT - 2)) * 3 / 2**0.5)  # on the circle of radius 3
+    assert torch.allclose(linear, torch.tensor([1.5, 1.5] + [0.0] * (LATENT - 2)))  # on the chord
 
 
 def test_prior_samples_repeat_for_a_seed(explorer):
@@ -81,8 +71,7 @@ def test_png_is_an_image(explorer):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_notebook_runs_and_keeps_still_images_for_readers_without_a_kernel(runs_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("VAEHELPERS_CACHE", str(runs_dir / "cache"))
+def test_notebook_runs_and_keeps_still_images_for_readers_without_a_kernel(runs_dir, tmp_path):
     out = tmp_path / "explore.ipynb"
     papermill.execute_notebook(ROOT / "notebooks" / "explore.ipynb", out, parameters={"runs_dir": str(runs_dir)},
                                progress_bar=False)
@@ -112,7 +101,7 @@ def test_the_explorer_opens_on_kl_weight_1_and_says_when_sliders_clamp_the_code(
     assert list(runs)[0].startswith("KL weight 0 —") and default_run(runs).startswith("KL weight 1 —")
     assert default_run({"KL weight 0 — a": Path("a"), "KL weight 100 — b": Path("b")}) == "KL weight 0 — a"
     assert explorer.clamp_note(0) == ""
-    assert explorer.clamp_note(2).startswith("This code lies outside ±3 in 2 of 5 dimensions")
+    assert explorer.clamp_note(2).startswith(f"This code lies outside ±3 in 2 of {LATENT} dimensions")
 
 
 def test_a_value_the_browser_rounded_back_is_not_decoded_again(explorer):
@@ -130,12 +119,12 @@ def test_a_value_the_browser_rounded_back_is_not_decoded_again(explorer):
 
 
 def test_sliders_map_to_the_code_in_kl_order_and_clamp_what_lies_outside(explorer):
-    z = [0.5, -4.0, 1.0, 7.5, 0.0]
+    z = [0.5, -4.0, 1.0, 7.5, 0.0] + [0.25] * (LATENT - 5)
     values, clamped = explorer.sliders_from_code(z)
     assert values == [max(-3.0, min(3.0, z[d])) for d in explorer.dims_by_kl] and clamped == 2
     assert explorer.code_from_sliders([z[d] for d in explorer.dims_by_kl]) == z  # the inverse, unclamped
     labels = explorer.slider_labels()
-    assert labels[0] == f"z{explorer.dims_by_kl[0]} ({explorer.kl[explorer.dims_by_kl[0]]:.1f})" and len(labels) == 5
+    assert labels[0] == f"z{explorer.dims_by_kl[0]} ({explorer.kl[explorer.dims_by_kl[0]]:.1f})" and len(labels) == LATENT
 
 
 def test_switching_runs_changes_the_explorer_in_place(runs_dir):

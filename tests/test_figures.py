@@ -2,15 +2,12 @@ import pytest
 import torch
 
 from vaehelpers import figures
-from vaehelpers.train import fit
 
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return fit(data="builtin:60", image_size=32, base_channels=8, latent_dim=3, epochs=2, batch_size=20,
-               snapshot_epochs=[1, 2], panel_size=4, prior_samples=8, runs_dir=tmp_path_factory.mktemp("runs"),
-               cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+@pytest.fixture
+def run(two_runs):
+    """The shared run of KL weight 1 (tests/conftest.py): 64×64, snapshots of epochs 3 and 6, a panel of 4."""
+    return two_runs.kl1
 
 
 def test_learning_curve_has_train_and_validation(run):
@@ -25,7 +22,7 @@ def test_reconstructions_one_panel_per_epoch_originals_on_top(run):
     fig = figures.reconstructions(run)
     assert len(fig.axes) == 2
     shown = fig.axes[0].get_images()[0].get_array()
-    top_left = torch.from_numpy(shown[2:34, 2:34].copy()).permute(2, 0, 1)
+    top_left = torch.from_numpy(shown[2:66, 2:66].copy()).permute(2, 0, 1)
     assert torch.equal(top_left, run.snapshots["panel"][0])
     with pytest.raises(ValueError, match="No snapshots"):
         figures.reconstructions(run, epochs=[7])
@@ -34,9 +31,9 @@ def test_reconstructions_one_panel_per_epoch_originals_on_top(run):
 def test_interpolation_ends_are_the_reconstructions(run):
     panel = run.snapshots["panel"]
     path = figures.interpolate(run.model, panel[0].float() / 255, panel[1].float() / 255, steps=5)
-    assert path.shape == (5, 3, 32, 32)
-    assert torch.equal(path[0], run.snapshots["epochs"][2]["recon"][0])
-    assert torch.equal(path[-1], run.snapshots["epochs"][2]["recon"][1])
+    assert path.shape == (5, 3, 64, 64)
+    assert torch.equal(path[0], run.snapshots["epochs"][6]["recon"][0])
+    assert torch.equal(path[-1], run.snapshots["epochs"][6]["recon"][1])
 
 
 def test_figures_save_as_png(run, tmp_path):

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the script's whole path: a pytest run, a report and a bench
 def test_gpu_check_script_runs_end_to_end_on_the_cpu_with_tiny_settings(tmp_path):
     env = dict(os.environ, DEVICE="cpu", TINY="1", GPU_CHECK_DIR=str(tmp_path), PYTHON=sys.executable)
     result = subprocess.run(["bash", "scripts/gpu-check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,

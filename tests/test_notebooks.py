@@ -44,15 +44,36 @@ def test_first_code_cell_holds_plain_parameters(name):
                             r"\s*(#.*)?", line), line
 
 
-@pytest.mark.parametrize("bad, message", [
+BAD_PARAMETERS = [
     (dict(kl_weight=-1), "kl_weight must be a finite number >= 0; got -1."),
     (dict(epochs=0), "epochs must be at least 1; got 0."),
     (dict(epochs=2.5), "epochs = 2.5 should be a whole number."),
     (dict(data="/nowhere/animation.npz"), "data = '/nowhere/animation.npz' does not exist"),
     (dict(device="gpu"), "device = 'gpu' is not a device"),
     (dict(precision="half"), "precision must be one of auto, bf16, fp32; got 'half'."),
-])
-def test_bad_parameter_stops_in_the_first_cells_with_one_sentence(tmp_path, bad, message):
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_PARAMETERS)
+def test_a_bad_parameter_is_one_sentence_from_the_notebooks_check(bad, message):
+    """What run.ipynb's cell after the parameters does with them (its code, run here without a kernel)."""
+    from vaehelpers.params import ParameterError, check_device, notebook_settings, run_config
+
+    namespace = {**TINY, "device": "auto", "runs_dir": "runs", **bad}
+    check = next(c for c in json.loads((ROOT / "notebooks" / "run.ipynb").read_text())["cells"]
+                 if c["cell_type"] == "code" and "run_config(" in "".join(c["source"]))
+    assert "config = run_config(**notebook_settings(globals()))" in "".join(check["source"])
+    assert "check_device(device)" in "".join(check["source"])
+    with pytest.raises(ParameterError) as raised:
+        run_config(**notebook_settings(namespace))
+        check_device(namespace["device"])
+    assert message in str(raised.value) and len(str(raised.value).splitlines()) == 1
+    assert raised.value._render_traceback_() == [f"ParameterError: {raised.value}"]  # how IPython shows it
+
+
+def test_a_bad_parameter_stops_the_notebook_in_its_first_cells_with_one_sentence(tmp_path):
+    """One case of ``BAD_PARAMETERS`` through papermill: the kernel stops at the check, before training."""
+    bad, message = BAD_PARAMETERS[0]
     params = dict(TINY, runs_dir=str(tmp_path / "runs"), **bad)
     with pytest.raises(PapermillExecutionError) as raised:
         papermill.execute_notebook(ROOT / "notebooks" / "run.ipynb", tmp_path / "out.ipynb", parameters=params,

@@ -20,8 +20,9 @@ from vaehelpers.params import PROJECT, run_config
 from vaehelpers.slurm import SlurmOptions, run_slurm
 from vaehelpers.sweep import NOTEBOOKS, RunSpec, Task, up_to_date
 
-from conftest import TINY, missing_part
+from conftest import TINY, missing_part, without_time
 
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster: its tests one after another
 SCRIPT = PROJECT / "scripts" / "slurm.sh"
 SLURM = ["--executor", "slurm", "--cpus-per-task", "1", "--array-parallelism", "2", "--time-min", "10"]
 
@@ -53,7 +54,7 @@ def _squeue(job: str) -> str:
 
 def test_a_sweep_runs_as_a_job_array_and_is_reported(cluster, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1", *SLURM,
+    args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1", "--no-pdf", *SLURM,
             "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -81,7 +82,7 @@ def _task(runs_dir: Path, out: Path, **settings) -> Task:
 def _history(runs_dir: Path) -> list[dict]:
     (folder,) = [p.parent for p in runs_dir.glob("*/config.json")]
     with open(folder / "history.csv") as f:
-        return [{k: v for k, v in row.items() if k not in ("seconds", "peak_gpu_mib")} for row in csv.DictReader(f)]
+        return [without_time(row) for row in csv.DictReader(f)]
 
 
 def test_a_requeued_task_resumes_and_ends_with_the_history_of_an_uninterrupted_one(cluster, tmp_path, capsys):

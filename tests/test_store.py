@@ -17,21 +17,19 @@ from vaehelpers.measure import measure_run
 from vaehelpers.store import RunDamaged, load_run
 from vaehelpers.train import TrainingDiverged, fit
 
+from conftest import TWO_RUNS
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(data="builtin:120", image_size=32, base_channels=8, latent_dim=4, epochs=3, batch_size=25, lr=1e-3,
             val_fraction=0.1, snapshot_epochs=[1, 3], panel_size=4, prior_samples=6)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished run's folder, to be copied by each test that damages it."""
-    return fit(runs_dir=tmp_path_factory.mktemp("runs"), progress=False, **TINY).dir
-
-
 @pytest.fixture
-def copy(finished, tmp_path):
-    target = tmp_path / "runs" / finished.name
-    shutil.copytree(finished, target)
+def copy(two_runs, tmp_path, monkeypatch):
+    """A copy of the shared finished run of KL weight 1 (tests/conftest.py), for a test to damage."""
+    monkeypatch.setenv("VAEHELPERS_CACHE", str(two_runs.cache_dir))
+    target = tmp_path / "runs" / two_runs.kl1.dir.name
+    shutil.copytree(two_runs.kl1.dir, target)
     return target
 
 
@@ -50,7 +48,7 @@ def test_a_planted_pickle_is_refused_and_never_runs(copy, tmp_path, name):
     marker = tmp_path / "payload-ran"
     torch.save({"epoch": 3, "model": Payload(marker), "epochs": {}}, copy / name)
     with pytest.raises(RunDamaged, match=rf"^{re.escape(str(copy / name))} cannot be read safely .*: delete the folder"):
-        fit(runs_dir=copy.parent, progress=False, **TINY)  # a plain fit opens the folder it would reuse
+        fit(runs_dir=copy.parent, progress=False, kl_weight=1.0, **TWO_RUNS)  # a plain fit opens the folder it would reuse
     assert not marker.exists()
 
 
@@ -61,7 +59,7 @@ def test_a_planted_pickle_is_refused_and_never_runs(copy, tmp_path, name):
     (lambda d: (d / "history.csv").write_text((d / "history.csv").read_text().replace("0.", "x.", 1)),
      r"history.csv is not a readable history"),
     (lambda d: (d / "history.csv").write_text((d / "history.csv").read_text().splitlines()[0] + "\n"),
-     r"history.csv holds 0 epochs where checkpoint.pt has 3"),
+     r"history.csv holds 0 epochs where checkpoint.pt has 6"),
     (lambda d: (d / "config.json").write_text("{not json"), r"config.json is not readable JSON"),
     (lambda d: (d / "config.json").write_text("[1, 2]"), r"config.json does not hold a JSON object"),
     (lambda d: (d / "snapshots.pt").unlink(), r"snapshots.pt is missing"),

@@ -92,9 +92,10 @@ def test_latent_sizes_are_compared_by_welchs_test():
     assert "0 not shown by the seeds at hand, 5 not tested (5 with one seed of a setting" in one_seed and "a real difference" not in one_seed
 
 
+@pytest.mark.slow  # ten runs and two reports; the quick tier's report is conftest's `built`
 def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_spread(tmp_path, capfd):
     out = tmp_path / "out"
-    args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1",
+    args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1", "--no-pdf",
             "--latent-dims", "4,6", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert main(args) == 0
     printed = capfd.readouterr().out
