@@ -1,4 +1,4 @@
-# Two commands for a fresh machine: `make report` and `make test`.
+# Commands for a fresh machine: `make report`, `make test` (the quick tier) and `make check` (every test).
 # Each creates the virtual environment .venv from the lock when it is missing or stale.
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,14 @@ PIP_TOOLS := pip-tools==7.6.2
 # `make lock` passes it on, so that the lock holds what this machine's pip installs.
 PIP_CONSTRAINT_FILE = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$$/\1/p" | head -1)
 
-.PHONY: report test lab board venv lock latex browser slurm clean
+# The tiers of tests (docs/testing.md): `make test` leaves out what needs a real part or takes long; `make check`
+# runs everything, with the real parts installed and started where it is root. PYTEST_ARGS: more pytest options.
+QUICK := not (slurm or browser or latex or slow)
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_ARGS ?=
+
+.PHONY: report test check lab board venv lock latex browser slurm clean
 
 venv: $(VENV)/.installed
 
@@ -76,10 +83,17 @@ report: $(VENV)/.installed
 		$(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(LATENT_DIMS),--latent-dims $(LATENT_DIMS))
 
+# The unit and notebook tests: installs no system package and starts no service.
 test: $(VENV)/.installed
+	$(PYTEST) -m "$(QUICK)" $(PYTEST_ARGS)
+
+# Every test, the real parts among them: as root, installs LaTeX, Chromium and Slurm (with MariaDB and munge) and
+# starts a one-node Slurm cluster on this machine; elsewhere their tests are skipped, each with its reason.
+check: $(VENV)/.installed
+	-@$(MAKE) --no-print-directory latex
 	-@$(MAKE) --no-print-directory browser
 	-@$(MAKE) --no-print-directory slurm
-	$(PY) -m pytest
+	$(PYTEST) --durations=20 $(PYTEST_ARGS)
 
 # JupyterLab on the project's environment, opening the interactive explorer (as root, too: containers).
 # Its kernels talk to it over Unix sockets, not TCP ports (vaehelpers.execute.LOCAL_KERNEL says why).
