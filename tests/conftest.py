@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from vaehelpers import speed
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """The xdist worker this process is ("gw0", ...), or None: `make test` and `make check` run two (`-n 2`)."""
-THREADS = 1 if WORKER else 2
+THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
 """PyTorch's threads in each test: two workers share the two cores of the development machine, one thread each."""
 
 
@@ -29,7 +31,13 @@ def pytest_configure(config):
     if choice is not None:
         native = {"host": host, "other": not host, "yes": True, "no": False}[choice]
         os.environ[speed.NATIVE_BF16_ENV] = "1" if native else "0"
-    native = speed.cpu_has_native_bf16()  # also checks a value the caller set
+    try:
+        native = speed.cpu_has_native_bf16()  # also checks a value the caller set
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    # No test, session fixture or process a test starts writes the user's own data cache (~/.cache/vaehelpers):
+    # each test gets a folder of its own (_isolated_cache), and what runs before or around the tests this one.
+    os.environ["VAEHELPERS_CACHE"] = config.cache_dir_for_run = tempfile.mkdtemp(prefix="vaehelpers-tests-")
     config.cpu_view = (f"native bf16 {'present' if native else 'absent'} "
                        f"({'as this CPU has it' if native == host else 'simulated: this CPU ' + ('has' if host else 'lacks') + ' it'}; "
                        f"{speed.NATIVE_BF16_ENV}={os.environ[speed.NATIVE_BF16_ENV]})")
@@ -48,6 +56,11 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)
 
 
+def pytest_unconfigure(config):
+    if hasattr(config, "cache_dir_for_run"):
+        shutil.rmtree(config.cache_dir_for_run, ignore_errors=True)
+
+
 def pytest_report_header(config):
     return f"CPU view: {config.cpu_view}"
 
@@ -64,15 +77,19 @@ def missing_part(reason: str, module: bool = False):
 def _one_kernel_cache(tmp_path_factory):
     """One TorchInductor kernel cache for the whole test run (vaehelpers.step.use_kernel_cache keeps a folder the
     environment names): a compile test loads the kernels an earlier one compiled, in seconds, not again."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # under xdist, one folder for all workers (beside their own)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # importing parts of PyTorch sets it to the default
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
         shared = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
-        (shared / "inductor").mkdir(exist_ok=True)
+        (shared / "inductor").mkdir(exist_ok=True)  # under xdist, one folder for all workers (beside their own)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(shared / "inductor")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Each test gets its own data cache, so no test depends on another's leftovers."""
+    """Each test gets its own data cache, so no test depends on another's leftovers (those that read the shared
+    runs of `two_runs` set it to theirs)."""
     monkeypatch.setenv("VAEHELPERS_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(THREADS)
 
@@ -128,6 +145,7 @@ def built(tmp_path_factory):
     from vaehelpers.__main__ import main
 
     root = tmp_path_factory.mktemp("report")
+    torch.set_num_threads(THREADS)
     with pytest.MonkeyPatch.context() as patch:  # set up before any test's own fixtures: the stand-in probe here too
         patch.setattr(speed, "measure", fixed_rates(FIXED_RATES))
         assert main(["report", *TINY, "--runs-dir", str(root / "runs"), "--out", str(root / "out")]) == 0
@@ -157,6 +175,7 @@ def two_runs(tmp_path_factory) -> TwoRuns:
 
     root = tmp_path_factory.mktemp("two-runs")
     runs, cache = root / "runs", root / "cache"
+    torch.set_num_threads(THREADS)
     with pytest.MonkeyPatch.context() as patch:  # set up before any test's own fixtures: the stand-in probe here too
         patch.setattr(speed, "measure", fixed_rates(FIXED_RATES))
         kl1, kl0 = (fit(kl_weight=w, runs_dir=runs, cache_dir=cache, progress=False, **TWO_RUNS) for w in (1.0, 0.0))

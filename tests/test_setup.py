@@ -120,22 +120,37 @@ def test_the_tiers_markers_are_registered_and_each_marks_tests():
     assert {"slurm", "browser", "latex", "slow", "cuda", "real_probe"} <= registered and "--strict-markers" in config["addopts"]
     counts = subprocess.run([sys.executable, "-c", _COUNT_MARKS, str(ROOT / "tests")], capture_output=True, text=True,
                             cwd=ROOT)
-    marked = dict(line.split() for line in counts.stdout.split("MARKS\n")[-1].splitlines())
-    assert {k: int(v) >= 1 for k, v in marked.items()} == {"slurm": True, "browser": True, "latex": True, "slow": True}, counts.stdout[-1000:]
+    marked = {}  # marker -> the files of the tests it marks
+    for line in counts.stdout.split("MARKS\n")[-1].splitlines():
+        name, path = line.split()
+        marked.setdefault(name, set()).add(path)
+    # every test of a real part is marked, and nothing else is: `make test` leaves all of them out, and only them
+    assert marked.pop("slurm-all") == {"tests/test_slurm.py"} and marked.pop("slurm") == {"tests/test_slurm.py"}
+    assert marked.pop("browser-all") == {"tests/test_browser.py"} and marked.pop("browser") == {"tests/test_browser.py"}
+    assert marked.pop("latex") == {"tests/test_cli.py"}  # the PDF of `built`
+    assert marked.pop("slow") >= {"tests/test_sweep.py", "tests/test_gpu_check.py"}, counts.stdout[-1000:]
+    assert not marked, marked  # e.g. "slurm-unmarked": a test of tests/test_slurm.py that `make test` would run
 
 
 _COUNT_MARKS = """
 import sys, pytest
-counts = dict.fromkeys(("slurm", "browser", "latex", "slow"), 0)
+seen = []
 class Count:
     def pytest_collection_modifyitems(self, items):
         for item in items:
-            for name in counts:
-                counts[name] += item.get_closest_marker(name) is not None
+            path = item.nodeid.split("::")[0]
+            for name in ("slurm", "browser", "latex", "slow"):
+                if item.get_closest_marker(name):
+                    seen.append((name, path))
+            for name in ("slurm", "browser"):  # a file of that part whose tests are not all marked
+                if path == f"tests/test_{name}.py" and not item.get_closest_marker(name):
+                    seen.append((name + "-unmarked", path))
+                elif path == f"tests/test_{name}.py":
+                    seen.append((name + "-all", path))
 pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", sys.argv[1]], plugins=[Count()])
 print("MARKS")
-for name, n in counts.items():
-    print(name, n)
+for name, path in seen:
+    print(name, path)
 """
 
 
@@ -149,7 +164,7 @@ def test_a_group_of_tests_runs_on_one_xdist_worker(tmp_path):
             "@pytest.mark.parametrize('i', range(3))\n"
             f"def test_{name}(i):\n"
             "    print('WORKER', os.environ['PYTEST_XDIST_WORKER'])\n")
-    ran = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p",
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--no-loadscope-reorder", "-v", "-p",
                           "no:cacheprovider", "-p", "no:randomly", "-o", "addopts=", str(tmp_path)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout[-2000:]

@@ -93,7 +93,10 @@ def test_latent_sizes_are_compared_by_welchs_test():
 
 
 @pytest.mark.slow  # ten runs and two reports; the quick tier's report is conftest's `built`
-def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_spread(tmp_path, capfd):
+def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_spread(tmp_path, capfd, monkeypatch):
+    from vaehelpers import local
+
+    monkeypatch.setattr(local, "cpu_count", lambda: 2)  # the plan's workers and threads, as on every 2-core machine
     out = tmp_path / "out"
     args = ["report", *TINY, "--kl-weights", "1,100,0", "--no-sigma-vae", "--extra-seeds", "1", "--no-pdf",
             "--latent-dims", "4,6", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]

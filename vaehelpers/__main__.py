@@ -26,6 +26,7 @@ from .files import NotWritable, explain
 from .execute import end_descendants
 from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
 from .slurm import RecordDamaged, SlurmOptions, Untrusted
+from .speed import native_bf16_told
 from .sweep import SweepFailed
 
 CLI_SETTINGS = {
@@ -225,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = sub.add_parser("summary", help="one line per finished run: device, precision, speed, GPU memory, -ELBO")
     summary.add_argument("--runs-dir", default="runs")
     args = parser.parse_args(argv)
+    try:
+        native_bf16_told()  # checked before anything trains or measures
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.command == "board":
         return show_board(args.runs_dir, args.host, args.port)
     if args.command == "summary":

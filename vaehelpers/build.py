@@ -134,9 +134,11 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
                                      extra_seeds=list(sweep.extra_seeds)))
     html = export_html(out / "report.ipynb", out / "report.html")
     written = export_pdf(out / "report.ipynb", out / "report.pdf") if pdf else None
-    if not pdf:
-        stale = out / "report.pdf"
-        print(f"PDF not written (--no-pdf){f'; {stale} is from an earlier build' if stale.exists() else ''}", flush=True)
+    if not pdf and (out / "report.pdf").exists():  # an earlier build's, which no longer matches the HTML
+        (out / "report.pdf").unlink()
+        print(f"PDF not written (--no-pdf); {out / 'report.pdf'} of an earlier build removed", flush=True)
+    elif not pdf:
+        print("PDF not written (--no-pdf)", flush=True)
     return {"html": html, "pdf": written, "notebook": out / "report.ipynb"}
 
 

@@ -53,16 +53,23 @@ NATIVE_BF16_ENV = "VAEHELPERS_NATIVE_BF16"
 ways with it (docs/testing.md), and 0 keeps bf16 out of ``auto``'s probe on a CPU where it is native."""
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), not by emulation; where the
-    environment variable ``VAEHELPERS_NATIVE_BF16`` is 1 or 0, what it says instead."""
+def native_bf16_told() -> bool | None:
+    """What ``VAEHELPERS_NATIVE_BF16`` says of this CPU's bf16 (1: native, 0: none), or None where it is unset;
+    a ValueError, in one sentence, for any other value."""
     view = os.environ.get(NATIVE_BF16_ENV, "").strip()
     if view in ("0", "1"):
         return view == "1"
     if view:
         raise ValueError(f"{NATIVE_BF16_ENV} = {view!r} should be 1 (native bf16) or 0 (none), or unset to read "
                          "the CPU's own flags.")
-    return cpu_flags_native_bf16()
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), not by emulation; where the
+    environment variable ``VAEHELPERS_NATIVE_BF16`` is 1 or 0, what it says instead."""
+    told = native_bf16_told()
+    return cpu_flags_native_bf16() if told is None else told
 
 
 def cpu_flags_native_bf16() -> bool:

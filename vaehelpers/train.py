@@ -32,7 +32,7 @@ from .decode import to_uint8
 from .files import NotWritable, ensure_writable, locked, torch_save_atomic, write_atomic
 from .model import ConvVAE
 from .objective import bits_per_dim, vae_loss
-from .speed import NATIVE_BF16_ENV, Choice, choose_step, cpu_has_native_bf16
+from .speed import NATIVE_BF16_ENV, Choice, choose_step, cpu_has_native_bf16, native_bf16_told
 from .step import (EncodeDecode, adam, compiled_encode_decode, compiler_missing, encode_decode, train_step,  # noqa: F401
                    training_rate)
 from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt, run_generator
@@ -58,7 +58,7 @@ def warn_if_emulated(cfg: RunConfig, device: torch.device) -> None:
     if cfg.precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
         return
     fp32, bf16 = _emulation_rates(cfg.base_channels, cfg.image_size, cfg.latent_dim, min(cfg.batch_size, 32))
-    why = f"{NATIVE_BF16_ENV}=0 says so" if os.environ.get(NATIVE_BF16_ENV) == "0" else "it has no AVX512-BF16 or AMX"
+    why = f"{NATIVE_BF16_ENV}=0 says so" if native_bf16_told() is False else "it has no AVX512-BF16 or AMX"
     warnings.warn(f"precision bf16 is emulated on this CPU ({why}): a training step of this "
                   f"model measured here ran {fp32 / bf16:.1f}x slower than in fp32 ({bf16:,.0f} against {fp32:,.0f} "
                   "images/s); train with precision 'auto' or 'fp32' unless bf16 itself is what you want.",
