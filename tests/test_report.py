@@ -147,6 +147,21 @@ def test_the_tests_list_gives_welchs_interval_and_counts_the_verdicts():
     assert welch([2.0, 2.0], [3.0, 3.0]).verdict == "no spread"
 
 
+def test_a_comparison_stated_twice_either_way_round_is_tested_listed_and_counted_once():
+    claims = Claims()
+    a, b = [10.0, 11.0, 12.5], [7.0, 9.0, 8.0]
+    first = claims.said("distortion, weight 100 against weight 1", a, b)
+    assert claims.said("distortion, weight 100 against weight 1", a, b) == first  # the same words and values
+    turned = claims.said("distortion, weight 1 against weight 100", b, a)  # the other way round
+    assert turned.difference == -first.difference and turned.verdict == first.verdict
+    claims.said("distortion, weight 100 against weight 1", a, [7.0, 9.0])  # other values: another comparison
+    claims.said("rate, weight 100 against weight 1", a, b)  # another measurement
+    claims.said("distortion, weight 100 against weight 1", a, b, same_runs=True)  # another test
+    assert [what for what, _ in claims.made] == ["distortion, weight 100 against weight 1"] * 2 + [
+        "rate, weight 100 against weight 1", "distortion, weight 100 against weight 1"]
+    assert claims_markdown(claims).startswith("The discussion above states 4 comparisons.")
+
+
 def test_discussion_needs_the_assignment_weights():
     by_seed, curves = _case()
     del by_seed[Setting("fixed", 0.0)]

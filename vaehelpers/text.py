@@ -193,14 +193,27 @@ class Claims:
 
     def said(self, what: str, a: list[float], b: list[float], same_runs: bool = False) -> Comparison:
         """Test mean(a) against mean(b) and keep it under ``what`` ('rate, weight 100 against weight 1');
-        ``same_runs``: two measurements of the same runs, a[i] and b[i] from seed i (the paired test)."""
+        ``same_runs``: two measurements of the same runs, a[i] and b[i] from seed i (the paired test). A text may
+        state one comparison twice, either way round: it is kept, listed and counted once."""
         c = paired(a, b) if same_runs else welch(a, b)
-        self.made.append((what, c))
+        if not any(_same_comparison(what, c, known_what, known) for known_what, known in self.made):
+            self.made.append((what, c))
         return c
 
     def tag(self, what: str, a: list[float], b: list[float], same_runs: bool = False) -> str:
         """The verdict in brackets, for the sentence that states the comparison."""
         return f" ({verdict(self.said(what, a, b, same_runs))})"
+
+
+def _same_comparison(what: str, c: Comparison, known_what: str, known: Comparison) -> bool:
+    """Whether two stated comparisons are one: the same words and values, or the same two sets of values named the
+    other way round ('rate, weight 1 against weight 0' and 'rate, weight 0 against weight 1')."""
+    if known.paired != c.paired:
+        return False
+    if known_what == what and (known.a, known.b) == (c.a, c.b):
+        return True
+    turned = re.fullmatch(r"(.+), (.+) against (.+)", what)
+    return bool(turned) and known_what == f"{turned[1]}, {turned[3]} against {turned[2]}" and (known.a, known.b) == (c.b, c.a)
 
 
 def claims_markdown(claims: Claims, source: str = "the discussion above") -> str:
