@@ -123,6 +123,27 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
     assert not re.search(r"\b0 finished", again := capfd.readouterr().out) and "10 finished, 0 to train." in again
 
 
+@pytest.mark.parametrize("sweep, said", [
+    (Sweep((1.0, 100.0, 0.0), extra_seeds=(1, 2)), "The discussion compares weights 1, 100 and 0 on 3 seeds each, "
+                                                   "the other settings on 1."),  # the σ-VAE: one seed
+    (Sweep((1.0, 100.0, 0.0), sigma_vae=False, seeds=(0, 1)), "The discussion compares weights 1, 100 and 0 on 2 "
+                                                              "seeds each."),
+    (Sweep((1.0, 100.0, 0.0, 10.0), seeds=(0,)), "Each setting has one seed, so the discussion's comparisons will read "
+                                                 "'one seed: not tested' (--extra-seeds 1,2 trains two more seeds of "
+                                                 "weights 1, 100 and 0)."),
+])
+def test_the_plan_says_on_how_many_seeds_the_discussion_compares(tmp_path, sweep, said):
+    import torch
+
+    from vaehelpers.build import plan
+    from vaehelpers.store import RunConfig
+    from vaehelpers.sweep import Task
+
+    tasks = [Task(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
+    line = plan(sweep, tasks, tasks, RunConfig(data="builtin:150"), "local", 2, 1, torch.device("cpu"), None, training=0)
+    assert line.endswith(f"finished runs executed again, here or with the others). {said}"), line
+
+
 def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):
     """A report into a new --out folder executes every run notebook again, but trains only the runs not finished:
     the plan says so (it said "0 finished, 16 to train" for 9 finished runs and 7 new ones)."""
@@ -139,7 +160,8 @@ def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):
     cpu = torch.device("cpu")
     assert plan(sweep, tasks, tasks, cfg, "local", 2, 1, cpu, None, training=0) == (
         "== plan: 3 runs (KL weights 1, 100, 0; seed 0; latent size 20); 3 finished, 0 to train (3 notebooks of "
-        "finished runs executed again, here or with the others).")
+        "finished runs executed again, here or with the others). Each setting has one seed, so the discussion's "
+        "comparisons will read 'one seed: not tested' (--extra-seeds 1,2 trains two more seeds of weights 1, 100 and 0).")
     line = plan(sweep, tasks, tasks, cfg, "local", 2, 1, cpu, Choice("fp32", False, "measured", 1000.0), training=1)
     assert line.startswith("== plan: 3 runs (KL weights 1, 100, 0; seed 0; latent size 20); 2 finished, 1 to train "
                            "(2 notebooks of finished runs executed again, here or with the others) here, 2 at a time")

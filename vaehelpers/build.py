@@ -166,7 +166,7 @@ def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, exec
             + (f" ({again} notebook{'s' if again > 1 else ''} of finished runs executed again, here or with the "
                "others)" if again else ""))
     if not training:
-        return text + "."
+        return text + "." + _seeds_said(sweep)
     images = round(len(cfg.load_images()) * (1 - cfg.val_fraction))
     if executor == "slurm" or choice is None or not choice.rate:
         precision = choice.precision if choice else cfg.precision if cfg.precision != "auto" else "fp32"
@@ -183,12 +183,24 @@ def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, exec
         seconds = estimate_seconds(1, cfg.epochs, images, rate, 1)
         return (text + f" in Slurm, each task choosing its precision and step on its node; {precision} training "
                 f"measured {rate:,.0f} images/s on this machine's {dev}, so about {seconds / 60:.0f} min per task at "
-                "its speed (the nodes' may differ).")
+                "its speed (the nodes' may differ)." + _seeds_said(sweep))
     where = (f"{workers} at a time with {threads} thread{'s' if threads > 1 else ''} each" if workers > 1
              else "one at a time")
     seconds = estimate_seconds(training, cfg.epochs, images, rate, workers) + math.ceil(again / workers) * 15
     how = f"training step {choice.describe()}" if choice else f"{precision} training measured {rate:,.0f} images/s"
-    return text + f" here, {where}; {how}; so about {seconds / 60:.0f} min."
+    return text + f" here, {where}; {how}; so about {seconds / 60:.0f} min." + _seeds_said(sweep)
+
+
+def _seeds_said(sweep: Sweep) -> str:
+    """The plan's sentence on what the discussion's comparisons will rest on: the seeds of weights 1, 100 and 0
+    (the main seeds and the extra ones), and with one seed, that its comparisons go untested and what fixes it."""
+    n, others = len(sweep.seeds) + len(sweep.extra_seeds), len(sweep.seeds)
+    if n == 1:
+        return (" Each setting has one seed, so the discussion's comparisons will read 'one seed: not tested' "
+                "(--extra-seeds 1,2 trains two more seeds of weights 1, 100 and 0).")
+    more = [w for w in sweep.kl_weights if w not in (1.0, 100.0, 0.0)] or sweep.sigma_vae
+    return (f" The discussion compares weights 1, 100 and 0 on {n} seeds each"
+            + (f", the other settings on {others}" if more and others != n else "") + ".")
 
 
 def _to_mathml(markdown: str) -> str:
