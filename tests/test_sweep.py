@@ -15,15 +15,17 @@ from vaehelpers.text import comparison_coverage, latent_markdown, results_table
 from conftest import TINY
 
 
-def test_the_quick_sweep_is_six_runs_and_a_second_seed_of_the_assignments_three():
-    sweep = Sweep((1.0, 100.0, 0.0, 0.1, 10.0), extra_seeds=(1,))
+def test_the_quick_sweep_is_six_runs_and_two_more_seeds_of_the_assignments_three():
+    from vaehelpers.params import QUICK_EXTRA_SEEDS
+
+    sweep = Sweep((1.0, 100.0, 0.0, 0.1, 10.0), extra_seeds=QUICK_EXTRA_SEEDS)  # `make report`'s, without --data
     runs = sweep.runs()
-    assert len(runs) == 9 and runs[5] == RunSpec(1.0, "sigma-vae", 0, 20)  # the main six first
-    assert runs[6:] == [RunSpec(w, "fixed", 1, 20) for w in (1.0, 100.0, 0.0)]
-    assert [sweep.notebook_name(r) for r in (runs[0], runs[5], runs[7])] == [
-        "run-kl1.ipynb", "run-kl1-sigma-vae.ipynb", "run-kl100-seed1.ipynb"]
-    assert sweep.describe() == ("KL weights 1, 100, 0, 0.1, 10 and the σ-VAE; seed 0, and seed 1 of weights 1, 100 "
-                                "and 0; latent size 20")
+    assert len(runs) == 12 and runs[5] == RunSpec(1.0, "sigma-vae", 0, 20)  # the main six first
+    assert runs[6:] == [RunSpec(w, "fixed", s, 20) for s in (1, 2) for w in (1.0, 100.0, 0.0)]
+    assert [sweep.notebook_name(r) for r in (runs[0], runs[5], runs[7], runs[11])] == [
+        "run-kl1.ipynb", "run-kl1-sigma-vae.ipynb", "run-kl100-seed1.ipynb", "run-kl0-seed2.ipynb"]
+    assert sweep.describe() == ("KL weights 1, 100, 0, 0.1, 10 and the σ-VAE; seed 0, and seeds 1, 2 of weights 1, "
+                                "100 and 0; latent size 20")
     # at a second latent size, the extra seeds train weight 1 alone: the latent sizes' comparison
     assert [r for r in Sweep((1.0, 100.0, 0.0), extra_seeds=(1,), latent_dims=(20, 50), sigma_vae=False).runs()
             if r.latent_dim == 50] == [RunSpec(w, "fixed", 0, 50) for w in (1.0, 100.0, 0.0)] + [RunSpec(1.0, "fixed", 1, 50)]
@@ -126,8 +128,8 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
 @pytest.mark.parametrize("sweep, said", [
     (Sweep((1.0, 100.0, 0.0), extra_seeds=(1, 2)), "The discussion compares weights 1, 100 and 0 on 3 seeds each, "
                                                    "the other settings on 1."),  # the σ-VAE: one seed
-    (Sweep((1.0, 100.0, 0.0), sigma_vae=False, seeds=(0, 1)), "The discussion compares weights 1, 100 and 0 on 2 "
-                                                              "seeds each."),
+    (Sweep((1.0, 100.0, 0.0), sigma_vae=False, seeds=(0, 1), extra_seeds=(1,)), "The discussion compares weights 1, "
+                                                                                 "100 and 0 on 2 seeds each."),
     (Sweep((1.0, 100.0, 0.0, 10.0), seeds=(0,)), "Each setting has one seed, so the discussion's comparisons will read "
                                                  "'one seed: not tested' (--extra-seeds 1,2 trains two more seeds of "
                                                  "weights 1, 100 and 0)."),

@@ -194,7 +194,7 @@ def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, exec
 def _seeds_said(sweep: Sweep) -> str:
     """The plan's sentence on what the discussion's comparisons will rest on: the seeds of weights 1, 100 and 0
     (the main seeds and the extra ones), and with one seed, that its comparisons go untested and what fixes it."""
-    n, others = len(sweep.seeds) + len(sweep.extra_seeds), len(sweep.seeds)
+    n, others = len(sweep.all_seeds()), len(sweep.seeds)
     if n == 1:
         return (" Each setting has one seed, so the discussion's comparisons will read 'one seed: not tested' "
                 "(--extra-seeds 1,2 trains two more seeds of weights 1, 100 and 0).")
