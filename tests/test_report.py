@@ -1,5 +1,6 @@
 """The report's generated text, driven by made-up measurements through every branch."""
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -139,7 +140,8 @@ def test_the_tests_list_gives_welchs_interval_and_counts_the_verdicts():
     assert c.dof == pytest.approx(dof) and c.interval == pytest.approx((c.difference - half, c.difference + half))
     assert c.p_value == pytest.approx(2 * stats.t.sf(c.difference / (va + vb) ** 0.5, dof))
     text = claims_markdown(claims)
-    assert text.startswith("The discussion above states 2 comparisons. Welch's t-test at 95 %: "
+    assert text.startswith("The discussion above states 2 distinct comparisons (one stated twice is tested and counted "
+                           "once). Welch's t-test at 95 %: "
                            f"{int(c.real)} real difference{'' if c.real else 's'}, {int(not c.real)} not shown by the "
                            "seeds at hand, 1 not tested (1 with one seed of a setting, 0 with no spread over the seeds).")
     assert f"- Rate, weight 1 against weight 0: 11.2 (n = 3) against 8 (n = 2), a difference of +3.17, 95 % interval " in text
@@ -159,7 +161,19 @@ def test_a_comparison_stated_twice_either_way_round_is_tested_listed_and_counted
     claims.said("distortion, weight 100 against weight 1", a, b, same_runs=True)  # another test
     assert [what for what, _ in claims.made] == ["distortion, weight 100 against weight 1"] * 2 + [
         "rate, weight 100 against weight 1", "distortion, weight 100 against weight 1"]
-    assert claims_markdown(claims).startswith("The discussion above states 4 comparisons.")
+    assert claims_markdown(claims).startswith("The discussion above states 4 distinct comparisons")
+    assert len(claims_markdown(claims).splitlines()) == 2 + 4  # the count, a blank line, one line each
+
+
+def test_the_discussion_lists_no_comparison_twice_or_both_ways_round():
+    """It states rate and distortion of weight 100 against 1 twice, and distortion of weights 0 and 1 both ways
+    round (the KL term's paragraph and the paragraphs before it): each is listed once."""
+    for case in ({}, {"offsets": (-0.01, 0.0, 0.01)}, {"offsets": (0.0,)}):
+        made = [what for what, _ in _discuss(**case).claims.made]
+        assert len(made) == len(set(made)), made
+        turned = {f"{m[1]}, {m[3]} against {m[2]}" for m in map(re.compile(r"(.+), (.+) against (.+)").fullmatch, made) if m}
+        assert turned and not turned & set(made), turned & set(made)
+        assert "distortion, weight 100 against weight 1" in made and "distortion, weight 0 against weight 1" in made
 
 
 def test_discussion_needs_the_assignment_weights():

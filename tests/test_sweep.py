@@ -115,7 +115,8 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
     compared, with_verdict = comparison_coverage(html_unescape(discussion))
     assert compared >= 10 and with_verdict == compared  # every sentence that compares carries its test's verdict
     assert "KL weight 1 (n = 2 seeds, mean ± sd)" in html
-    assert re.search(r"The discussion above states \d+ comparisons. Welch.s t-test at 95 %: \d+ real difference", html)
+    assert re.search(r"The discussion above states \d+ distinct comparisons \(one stated twice is tested and counted "
+                     r"once\)\. Welch.s t-test at 95 %: \d+ real difference", html)
     assert "KL weight 100 (n = 2 seeds, mean ± sd)" in html
     assert "4 latent dimensions (n = 2 seeds)" in html and "6 latent dimensions (n = 2 seeds)" in html
     assert "Q2–Q7 show the runs with seed 0 and 4 latent dimensions" in html
@@ -127,23 +128,33 @@ def test_a_sweep_of_seeds_and_latent_sizes_trains_concurrently_and_reports_the_s
 
 @pytest.mark.parametrize("sweep, said", [
     (Sweep((1.0, 100.0, 0.0), extra_seeds=(1, 2)), "The discussion compares weights 1, 100 and 0 on 3 seeds each, "
-                                                   "the other settings on 1."),  # the σ-VAE: one seed
+                                                   "the other settings on 1 (theirs will read 'one seed: not tested')."),
     (Sweep((1.0, 100.0, 0.0), sigma_vae=False, seeds=(0, 1), extra_seeds=(1,)), "The discussion compares weights 1, "
                                                                                  "100 and 0 on 2 seeds each."),
+    (Sweep((1.0, 100.0, 0.0, 10.0), seeds=(0, 1), extra_seeds=(2,)), "The discussion compares weights 1, 100 and 0 on "
+                                                                      "3 seeds each, the other settings on 2."),
     (Sweep((1.0, 100.0, 0.0, 10.0), seeds=(0,)), "Each setting has one seed, so the discussion's comparisons will read "
                                                  "'one seed: not tested' (--extra-seeds 1,2 trains two more seeds of "
                                                  "weights 1, 100 and 0)."),
+    (Sweep((1.0, 100.0, 0.0), seeds=(1,)), "Each setting has one seed, so the discussion's comparisons will read "
+                                           "'one seed: not tested' (--extra-seeds 2,3 trains two more seeds of "
+                                           "weights 1, 100 and 0)."),  # seeds other than the one there
 ])
-def test_the_plan_says_on_how_many_seeds_the_discussion_compares(tmp_path, sweep, said):
+@pytest.mark.parametrize("path", ["all finished", "local", "slurm"])
+def test_the_plan_says_on_how_many_seeds_the_discussion_compares(tmp_path, sweep, said, path):
     import torch
 
     from vaehelpers.build import plan
+    from vaehelpers.speed import Choice
     from vaehelpers.store import RunConfig
     from vaehelpers.sweep import Task
 
     tasks = [Task(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
-    line = plan(sweep, tasks, tasks, RunConfig(data="builtin:150"), "local", 2, 1, torch.device("cpu"), None, training=0)
-    assert line.endswith(f"finished runs executed again, here or with the others). {said}"), line
+    cfg = RunConfig(data="builtin:150", epochs=2, base_channels=8, latent_dim=4, batch_size=50)
+    line = plan(sweep, tasks, tasks, cfg, "slurm" if path == "slurm" else "local", 2, 1, torch.device("cpu"),
+                Choice("fp32", False, "measured", 1000.0) if path == "local" else None,
+                training=0 if path == "all finished" else 1)
+    assert line.endswith(("). " if path == "all finished" else " min. " if path == "local" else "may differ). ") + said), line
 
 
 def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="every setting trains once per latent size; the first is the main one (default: --latent-dim)")
     sweep.add_argument("--extra-seeds", type=_whole_numbers("--extra-seeds", "1,2", none=True),
                        help="more seeds of KL weights 1, 100 and 0 alone (weight 1 at every latent size), so that the "
-                            "discussion's comparisons are tested, or none (default: 1 on the quick budget, none with --data)")
+                            "discussion's comparisons are tested, or none (default: 1,2 on the quick budget, none with --data)")
     sweep.add_argument("--executor", choices=["local", "slurm"], default="local",
                        help="local: concurrent processes on this machine (default); slurm: one Slurm job array")
     sweep.add_argument("--workers", type=_at_least(1), help="local: runs trained at once (default: from the cores and model size)")

@@ -196,11 +196,13 @@ def _seeds_said(sweep: Sweep) -> str:
     (the main seeds and the extra ones), and with one seed, that its comparisons go untested and what fixes it."""
     n, others = len(sweep.all_seeds()), len(sweep.seeds)
     if n == 1:
+        two = ",".join(str(s) for s in range(sweep.seed + 1, sweep.seed + 3))
         return (" Each setting has one seed, so the discussion's comparisons will read 'one seed: not tested' "
-                "(--extra-seeds 1,2 trains two more seeds of weights 1, 100 and 0).")
+                f"(--extra-seeds {two} trains two more seeds of weights 1, 100 and 0).")
     more = [w for w in sweep.kl_weights if w not in (1.0, 100.0, 0.0)] or sweep.sigma_vae
     return (f" The discussion compares weights 1, 100 and 0 on {n} seeds each"
-            + (f", the other settings on {others}" if more and others != n else "") + ".")
+            + (f", the other settings on {others}" + (" (theirs will read 'one seed: not tested')" if others == 1 else "")
+               if more and others != n else "") + ".")
 
 
 def _to_mathml(markdown: str) -> str:

@@ -233,7 +233,8 @@ def claims_markdown(claims: Claims, source: str = "the discussion above") -> str
                      f"{c.dof:.1f} degrees of freedom, p = {c.p_value:.2g})").replace("%", " %")
         lines.append(f"{line}: **{verdict(c)}**.")
     untested = counts["one seed"] + counts["no spread"]
-    head = (f"{source[0].upper() + source[1:]} states {len(claims.made)} comparison{'s' if len(claims.made) != 1 else ''}. "
+    head = (f"{source[0].upper() + source[1:]} states {len(claims.made)} distinct comparison"
+            f"{'s' if len(claims.made) != 1 else ''} (one stated twice is tested and counted once). "
             f"Welch's t-test at {LEVEL:.0%}: {counts['real']} real difference{'s' if counts['real'] != 1 else ''}, "
             f"{counts['not shown']} not shown by the seeds at hand, {untested} not tested"
             + (f" ({counts['one seed']} with one seed of a setting, {counts['no spread']} with no spread over the "
