@@ -65,12 +65,12 @@ def pytest_report_header(config):
     return f"CPU view: {config.cpu_view}"
 
 
-def missing_part(reason: str, module: bool = False):
+def missing_part(reason: str):
     """A real part a test needs (Chromium, LaTeX, a Slurm cluster) is missing: skipped with ``reason`` here, but a
     failure in CI (``CI=true``), where `.ci/run` installs every part, so that CI never passes without those tests."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=module)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", autouse=True)
