@@ -25,8 +25,10 @@ from vaehelpers.files import write_atomic
 from vaehelpers.local import run_local
 from vaehelpers.params import PROJECT
 from vaehelpers.report import RunsMissing, load_report
-from vaehelpers.slurm import (IN_FLIGHT, RecordDamaged, SlurmOptions, Untrusted, read_record, run_key, run_slurm,
-                              slurm_dir)
+from vaehelpers.slurm import SlurmOptions, run_slurm, slurm_dir
+from vaehelpers.slurm_queue import IN_FLIGHT
+from vaehelpers.slurm_record import RecordDamaged, read_record, run_key
+from vaehelpers.trust import Untrusted
 from vaehelpers.store import RunConfig
 from vaehelpers.sweep import RunSpec, Task
 from vaehelpers.train import GPUUnusable, fit, resolve_device
@@ -132,7 +134,7 @@ def test_a_slurm_folder_or_record_others_can_write_is_refused_and_nothing_in_it_
 
 
 def test_a_job_folder_others_can_write_is_refused_before_its_result_is_unpickled(tmp_path):
-    from vaehelpers.slurm import check_trusted
+    from vaehelpers.trust import check_trusted
 
     folder, marker = slurm_dir(tmp_path / "runs"), tmp_path / "marker"
     folder.mkdir(mode=0o700, parents=True)
@@ -156,11 +158,11 @@ def test_a_job_folder_others_can_write_is_refused_before_its_result_is_unpickled
 
 
 def test_the_slurm_folder_is_created_private(tmp_path):
-    from vaehelpers.slurm import _private
+    from vaehelpers.trust import make_private
 
     old = os.umask(0o002)  # a shared project's umask
     try:
-        folder = _private(slurm_dir(tmp_path / "runs"))
+        folder = make_private(slurm_dir(tmp_path / "runs"))
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o700
@@ -353,7 +355,7 @@ def test_the_report_step_takes_a_run_finished_in_both_precisions_without_trainin
 
 
 class _Job:
-    """What ``slurm._wait`` reads of a submitit job, with the state Slurm would report."""
+    """What ``slurm_queue.wait_for`` reads of a submitit job, with the state Slurm would report."""
 
     class _Watcher:
         def update(self) -> None:
@@ -368,16 +370,16 @@ class _Job:
 
 def test_a_preempted_task_slurm_never_requeues_is_reported_after_the_grace_period_not_waited_on_forever(tmp_path, capsys,
                                                                                                          monkeypatch):
-    from vaehelpers.slurm import _wait
+    from vaehelpers.slurm_queue import wait_for
 
     folder = slurm_dir(tmp_path)
     folder.mkdir(mode=0o700)
-    from vaehelpers import slurm as slurm_module
+    from vaehelpers import slurm_queue
 
     preempted, requeued = _Job(folder, "51_0", "PREEMPTED"), _Job(folder, "51_1", "PREEMPTED")
     listed = _Job(folder, "51_2", "PREEMPTED")  # PREEMPTED, but squeue lists it: coming back, waited on
-    in_queue = slurm_module._in_queue
-    monkeypatch.setattr(slurm_module, "_in_queue", lambda job_id: True if job_id == "51_2" else in_queue(job_id))
+    in_queue = slurm_queue.in_queue
+    monkeypatch.setattr(slurm_queue, "in_queue", lambda job_id: True if job_id == "51_2" else in_queue(job_id))
     task = _task(tmp_path)
     for job in (requeued, listed):
         job.paths.folder.mkdir(mode=0o700, parents=True)
@@ -394,8 +396,8 @@ def test_a_preempted_task_slurm_never_requeues_is_reported_after_the_grace_perio
 
     threading.Thread(target=slurm, daemon=True).start()
     started = time.monotonic()
-    failures = _wait([(task, preempted, time.time()), (task, requeued, time.time()), (task, listed, time.time())],
-                     SlurmOptions(poll_s=0.05, lost_after_s=2.0))
+    failures = wait_for([(task, preempted, time.time()), (task, requeued, time.time()), (task, listed, time.time())],
+                        poll_s=0.05, lost_after_s=2.0)
     assert 4.0 <= time.monotonic() - started < 15
     assert len(failures) == 1 and re.fullmatch(
         rf"{task.spec.label}: Slurm job 51_0 was preempted and not requeued \(\d s in that state, out of Slurm's queue: "
@@ -405,7 +407,8 @@ def test_a_preempted_task_slurm_never_requeues_is_reported_after_the_grace_perio
 
 
 def test_a_result_pickle_another_user_owns_or_a_link_is_never_unpickled(tmp_path):
-    from vaehelpers.slurm import _task_error, read_trusted
+    from vaehelpers.slurm_queue import task_error
+    from vaehelpers.trust import read_trusted
 
     folder, marker = slurm_dir(tmp_path), tmp_path / "marker"
     folder.mkdir(mode=0o700)
@@ -417,26 +420,26 @@ def test_a_result_pickle_another_user_owns_or_a_link_is_never_unpickled(tmp_path
     if os.geteuid() == 0:  # a file swapped in by another user: theirs, whatever its mode and folder
         os.chown(pickle_file, 65534, 65534)
         with pytest.raises(Untrusted, match=rf"^{re.escape(str(pickle_file))} belongs to user id 65534, not to you"):
-            _task_error(job, "COMPLETED")
+            task_error(job, "COMPLETED")
         assert not marker.exists()
         os.chown(pickle_file, 0, 0)
     moved = tmp_path / "elsewhere.pkl"
     pickle_file.rename(moved)
     pickle_file.symlink_to(moved)  # a link in its place: not followed
     with pytest.raises(Untrusted, match=rf"^{re.escape(str(pickle_file))} is a symbolic link"):
-        _task_error(job, "COMPLETED")
+        task_error(job, "COMPLETED")
     assert not marker.exists()
     fifo = job.paths.folder / "fifo"
     os.mkfifo(fifo, 0o600)  # nothing to read, ever: refused at once, not waited on
     with pytest.raises(Untrusted, match="is not a regular file"):
         read_trusted(fifo)
     pickle_file.unlink()
-    assert _task_error(job, "CANCELLED", patience_s=0) == ("the task ended (CANCELLED) without a result (killed, out "
+    assert task_error(job, "CANCELLED", patience_s=0) == ("the task ended (CANCELLED) without a result (killed, out "
                                                            "of memory or its node lost?)")
     pickle_file.write_bytes(pickle.dumps(("error", "Traceback (most recent call last):\n  ...\nvaehelpers.slurm.RunFailed: "
                                           "TrainingDiverged: the run diverged")))
     pickle_file.chmod(0o600)
-    assert _task_error(job, "FAILED") == "TrainingDiverged: the run diverged"
+    assert task_error(job, "FAILED") == "TrainingDiverged: the run diverged"
 
 
 @pytest.mark.parametrize("mode", [0o775, 0o1777, "private group"])
@@ -444,7 +447,7 @@ def test_a_runs_folder_others_could_swap_is_refused_unless_sticky_or_the_users_o
     import grp
     import pwd
 
-    from vaehelpers.slurm import _private
+    from vaehelpers.trust import make_private
 
     runs = tmp_path / "shared" / "runs"
     runs.mkdir(parents=True)
@@ -454,22 +457,23 @@ def test_a_runs_folder_others_could_swap_is_refused_unless_sticky_or_the_users_o
             pytest.skip(f"the primary group of {user.pw_name} ({grp.getgrgid(user.pw_gid).gr_name}) is not theirs alone")
         os.chown(tmp_path / "shared", -1, user.pw_gid)
         (tmp_path / "shared").chmod(0o775)
-        assert _private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
+        assert make_private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
         return
     _shared_group(tmp_path / "shared")
     (tmp_path / "shared").chmod(mode)  # a shared project folder: group-writable (or sticky, like /tmp)
     if mode & 0o1000:
-        assert _private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
+        assert make_private(slurm_dir(runs)).stat().st_mode & 0o777 == 0o700
         return
     with pytest.raises(Untrusted, match=rf"^{re.escape(str(tmp_path / 'shared'))} can be written by other users "
                                         r"\(mode 0775\), so another user could put a folder of theirs in the place of"):
-        _private(slurm_dir(runs))
+        make_private(slurm_dir(runs))
     assert not slurm_dir(runs).exists()  # nothing made in the place it refused
 
 
 def test_a_requeue_at_the_time_limit_after_a_slice_without_a_checkpoint_is_refused_with_the_fix(tmp_path, monkeypatch):
     from vaehelpers import slurm
-    from vaehelpers.slurm import RunFailed, RunTask
+    from vaehelpers.slurm import RunTask
+    from vaehelpers.slurm_queue import RunFailed
 
     monkeypatch.setattr(slurm, "end_descendants", lambda **kwargs: 0)  # it would end pytest's own children
     named_in = tmp_path / "run_folder.txt"

@@ -104,7 +104,7 @@ def test_a_requeued_task_resumes_and_ends_with_the_history_of_an_uninterrupted_o
     todo = [t for t in (kept, requeued) if not up_to_date(t.out, t.source, t.parameters)]
     failures, ended = run_slurm(todo, tmp_path, replace(options, wait=True, poll_s=1))
     assert (failures, ended) == ([], True)
-    assert "still in Slurm from an earlier call" in capsys.readouterr().out  # waited for, not submitted twice
+    assert "already in Slurm, submitted by another command" in capsys.readouterr().out  # waited for, not submitted twice
     (log_file,) = (tmp_path / "slurm").rglob(f"{job}_1_*log.out")
     log = log_file.read_text()
     resumed = re.search(rf"resuming \S+ after epoch (\d+) of {EPOCHS}, its last checkpoint", log)
@@ -152,6 +152,11 @@ def test_interrupting_the_wait_twice_still_cancels_every_submitted_task_and_says
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]
     assert re.search(rf"interrupted: cancelled Slurm job {job} \(3 tasks\)", err), err
+    said = re.search(r"when the command runs again, (.*)$", err, re.M)  # where each run goes on, not a promise
+    assert said and "resume from their last checkpoints" not in err, err
+    for weight in ("1", "100", "0"):  # cancelled within seconds of running: no run has a checkpoint yet
+        assert re.search(rf"KL weight {weight}, latent size 4, seed 0 (had no checkpoint yet: it starts over|had not "
+                         r"begun training: it starts from its last checkpoint, if it has one)", said.group(1)), said.group(1)
     deadline = time.monotonic() + 30
     while _squeue(job):
         assert time.monotonic() < deadline, f"Slurm job {job} still queued 30 s after the cancel: {_squeue(job)}"
@@ -161,7 +166,8 @@ def test_interrupting_the_wait_twice_still_cancels_every_submitted_task_and_says
 def test_a_job_slurm_does_not_know_is_lost_after_the_grace_period_and_submitted_again(cluster, tmp_path, capsys):
     import json
 
-    from vaehelpers.slurm import read_record, run_key, slurm_dir
+    from vaehelpers.slurm import slurm_dir
+    from vaehelpers.slurm_record import read_record, run_key
 
     task = _task(tmp_path / "runs", tmp_path / "run.ipynb")
     folder = slurm_dir(tmp_path)
@@ -178,7 +184,7 @@ def test_a_job_slurm_does_not_know_is_lost_after_the_grace_period_and_submitted_
     assert ended and len(failures) == 1 and time.monotonic() - started < 30
     assert re.match(r"KL weight 1, latent size 4, seed 0: Slurm job 987654_0 is unknown to Slurm \(neither sacct "
                     r"nor squeue lists it\) \d+ s after its submission: lost", failures[0]), failures
-    assert "still in Slurm from an earlier call: run.ipynb (job 987654_0)" in capsys.readouterr().out
+    assert "already in Slurm, submitted by another command: run.ipynb (job 987654_0, " in capsys.readouterr().out
     record(time.time() - 3600)  # an hour ago: lost at once, said, and submitted again
     umask = os.umask(0o002)  # a shared project's umask: the record stays private all the same
     try:
@@ -262,7 +268,8 @@ def test_the_job_record_of_the_version_before_is_taken_over_for_the_runs_its_tas
     import submitit
     from submitit.core.utils import DelayedSubmission
 
-    from vaehelpers.slurm import RunTask, read_record, run_key, slurm_dir
+    from vaehelpers.slurm import RunTask, slurm_dir
+    from vaehelpers.slurm_record import read_record, run_key
 
     same, other = _task(tmp_path / "runs", tmp_path / "a.ipynb"), _task(tmp_path / "runs", tmp_path / "b.ipynb", seed=1)
     sleepers = [subprocess.run(["sbatch", "--parsable", "-c", "1", "-o", "/dev/null", "--wrap", "sleep 120"],
@@ -290,7 +297,7 @@ def test_the_job_record_of_the_version_before_is_taken_over_for_the_runs_its_tas
     new = re.search(r"== submitted Slurm job (\d+): 1 task \(b\.ipynb\)", printed)  # only the other run
     subprocess.run(["scancel", new.group(1)] if new else ["true"], check=True)
     assert new, printed
-    assert f"still in Slurm from an earlier call: a.ipynb (job {sleepers[0]})" in printed
+    assert f"already in Slurm, submitted by another command: a.ipynb (job {sleepers[0]}, " in printed
     assert (f"still in Slurm from the version before, for no run of this call (not waited on; a run it shares waits "
             f"for its lock): job {sleepers[1]} (b.ipynb)") in printed
     assert read_record(folder)[run_key(same)]["job"] == sleepers[0]
@@ -302,7 +309,8 @@ def test_a_task_preempted_and_never_requeued_is_submitted_again_by_the_next_call
 
     import submitit
 
-    from vaehelpers.slurm import read_record, run_key, slurm_dir
+    from vaehelpers.slurm import slurm_dir
+    from vaehelpers.slurm_record import read_record, run_key
 
     task = _task(tmp_path / "runs", tmp_path / "run.ipynb")
     folder = slurm_dir(tmp_path)

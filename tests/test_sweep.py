@@ -178,3 +178,53 @@ def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):
     line = plan(sweep, tasks, tasks, cfg, "local", 2, 1, cpu, Choice("fp32", False, "measured", 1000.0), training=1)
     assert line.startswith("== plan: 3 runs (KL weights 1, 100, 0; seed 0; latent size 20); 2 finished, 1 to train "
                            "(2 notebooks of finished runs executed again, here or with the others) here, 2 at a time")
+
+
+def test_a_command_that_waited_for_another_ones_render_of_the_same_report_reuses_it(tmp_path, capsys):
+    """Two identical commands (sharing one Slurm job array, say) end at once: the second waits for the first's
+    render into the same --out and reuses it rather than render it again beside it; another report is rendered."""
+    import threading
+    import time
+
+    import nbformat
+
+    from vaehelpers.build import render
+    from vaehelpers.files import locked
+
+    out, parameters = tmp_path / "out", {"kl_weights": [1.0, 100.0, 0.0], "runs_dir": str(tmp_path / "runs")}
+    out.mkdir()
+    holding = threading.Event()
+    notebooks = tmp_path / "notebooks"  # a report notebook of one sentence: quick to execute
+    notebooks.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("kl_weights = runs_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print('rendered here with', kl_weights)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}),
+        notebooks / "report.ipynb")
+
+    def first_command() -> None:  # renders while the second asks for the lock
+        with locked(out / ".report.lock", "the report"):
+            holding.set()
+            time.sleep(1.0)
+            nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": parameters, "exception": None}})
+            nbformat.write(nb, out / "report.ipynb")
+            (out / "report.html").write_text("<html>the first command's report</html>")
+
+    thread = threading.Thread(target=first_command)
+    thread.start()
+    holding.wait()
+    written = render(out, notebooks, parameters, pdf=False)
+    thread.join()
+    assert written == {"html": out / "report.html", "pdf": None, "notebook": out / "report.ipynb"}
+    assert "another command rendered" in capsys.readouterr().out
+    assert (out / "report.html").read_text() == "<html>the first command's report</html>"
+
+    other = dict(parameters, kl_weights=[1.0, 100.0, 0.0, 10.0])  # not the report the first one rendered
+    holding.clear()
+    thread = threading.Thread(target=first_command)
+    thread.start()
+    holding.wait()
+    render(out, notebooks, other, pdf=False)
+    thread.join()
+    assert "another command rendered" not in capsys.readouterr().out
+    assert "rendered here with [1.0, 100.0, 0.0, 10.0]" in (out / "report.html").read_text()

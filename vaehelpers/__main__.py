@@ -21,13 +21,16 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from .build import build_report
-from .files import NotWritable, explain
+from .build import Training, build_report
 from .execute import end_descendants
+from .files import NotWritable, explain
 from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
-from .slurm import RecordDamaged, SlurmOptions, Untrusted
+from .signals import stopping
+from .slurm import SlurmOptions
+from .slurm_record import RecordDamaged
 from .speed import native_bf16_told
-from .sweep import SweepFailed
+from .sweep import Sweep, SweepFailed
+from .trust import Untrusted
 
 CLI_SETTINGS = {
     "data": "image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)",
@@ -94,22 +97,6 @@ def _weights(text: str) -> list[float]:
     return weights
 
 
-class _Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM to ``report``: the signal, for the exit status (128 + its number)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _terminated(signum, frame):
-    """SIGINT or SIGTERM: stop (the workers and kernels end, the runs keep their last checkpoints, Slurm tasks this
-    call submitted are cancelled), ignoring any further one, so that the clean-up is never cut short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Stopped(signum)
-
-
 def run_summaries(runs_dir: str) -> list[str]:
     """What each finished run under ``runs_dir`` cost and reached, one line each."""
     from .explore import finished
@@ -151,7 +138,8 @@ def show_board(runs_dir: str, host: str, port: int) -> int:
         return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line: its commands and their options."""
     parser = argparse.ArgumentParser(prog="python -m vaehelpers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--port", type=int, default=6006)
     summary = sub.add_parser("summary", help="one line per finished run: device, precision, speed, GPU memory, -ELBO")
     summary.add_argument("--runs-dir", default="runs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         native_bf16_told()  # checked before anything trains or measures
     except ValueError as e:
@@ -238,36 +230,43 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         return 0
     if args.command == "bench":
-        from .bench import (bench_explore, bench_homework, bench_loading, bench_training, compare_compiled,
-                            compare_events, compare_precision)
+        return bench(args)
+    return report(args)
 
-        quick = {**QUICK, **{k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}}
-        lines = (compare_precision(quick, args.device, args.runs_dir) if args.compare_precision else
-                 compare_compiled(quick, args.device, args.runs_dir) if args.compare_compiled else
-                 compare_events(quick, args.device) if args.events else
-                 bench_homework(args.device) if args.homework else
-                 bench_training(args.device) + bench_explore() + bench_loading(args.images))
-        for line in lines:
-            print(line, flush=True)
-        return 0
 
+def bench(args: argparse.Namespace) -> int:
+    """``bench``: the measurement its options ask for, one line per figure."""
+    from .bench import (bench_explore, bench_homework, bench_loading, bench_training, compare_compiled,
+                        compare_events, compare_precision)
+
+    quick = {**QUICK, **{k: v for k, v in (("data", args.data), ("epochs", args.epochs)) if v is not None}}
+    lines = (compare_precision(quick, args.device, args.runs_dir) if args.compare_precision else
+             compare_compiled(quick, args.device, args.runs_dir) if args.compare_compiled else
+             compare_events(quick, args.device) if args.events else
+             bench_homework(args.device) if args.homework else
+             bench_training(args.device) + bench_explore() + bench_loading(args.images))
+    for line in lines:
+        print(line, flush=True)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """``report``: train the sweep, render the report; each way it can end said in one line, with its exit status
+    (1: some runs failed; 2: bad input, found before any training where it can be; 128 + the signal: stopped)."""
     settings = dict(ASSIGNMENT) if args.data else dict(QUICK)
     settings.update({name: getattr(args, name) for name in CLI_SETTINGS if getattr(args, name) is not None})
     extra_seeds = tuple(args.extra_seeds) if args.extra_seeds is not None else () if args.data else QUICK_EXTRA_SEEDS
-    slurm_options = SlurmOptions(args.partition, args.gpus_per_task, args.cpus_per_task, args.time_min,
-                                 args.array_parallelism, dict(args.sbatch), args.wait,
-                                 max_requeues=args.max_requeues)
     started = time.perf_counter()
-    handlers = {sig: signal.signal(sig, _terminated)  # Ctrl-C; `timeout`, a batch scheduler, a closing terminal
-                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        written = build_report(out_dir=args.out, runs_dir=args.runs_dir, device=args.device,
-                               kl_weights=tuple(args.kl_weights), sigma_vae=args.sigma_vae,
-                               seeds=tuple(args.seeds or ()), latent_dims=tuple(args.latent_dims or ()),
-                               executor=args.executor, workers=args.workers, threads=args.threads,
-                               extra_seeds=extra_seeds, slurm=slurm_options, checkpoint_every=args.checkpoint_every,
-                               compiled={"auto": None, "yes": True, "no": False}[args.compile], pdf=args.pdf,
-                               **settings)
+        with stopping():  # Ctrl-C; `timeout`, a batch scheduler, a closing terminal
+            sweep, settings = Sweep.of(args.kl_weights, args.sigma_vae, args.seeds, args.latent_dims, extra_seeds,
+                                       **settings)
+            training = Training(args.executor, args.device, args.workers, args.threads,
+                                {"auto": None, "yes": True, "no": False}[args.compile], args.checkpoint_every,
+                                SlurmOptions(args.partition, args.gpus_per_task, args.cpus_per_task, args.time_min,
+                                             args.array_parallelism, dict(args.sbatch), args.wait,
+                                             max_requeues=args.max_requeues))
+            written = build_report(sweep, settings, training, args.out, args.runs_dir, args.pdf)
     except PapermillExecutionError as e:  # a notebook stopped: a bad parameter, a damaged run, a diverged run
         print(f"error: {e.evalue}", file=sys.stderr)
         return 2
@@ -286,10 +285,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {said}", file=sys.stderr)
         return 2
-    finally:
-        if signal.getsignal(signal.SIGINT) is _terminated:  # not interrupted: as they were (a caller's own)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
     if written is None:
         print("submitted; run the same command again to wait for the runs and render the report once they finish "
               f"(squeue -u $USER shows them), {time.perf_counter() - started:.0f} s", flush=True)
@@ -297,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report written in {time.perf_counter() - started:.0f} s: "
           + ", ".join(str(p) for p in written.values() if p is not None), flush=True)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

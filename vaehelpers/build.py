@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import re
 import shutil
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .data import parse_builtin
-from .files import write_atomic
-from .params import REPORT_WEIGHTS, ParameterError, check_report, check_space, run_config
+from .files import locked, write_atomic
+from .params import ParameterError, check_report, check_space, run_config
 from .speed import Choice
 from .step import training_rate
 from .store import RunConfig
@@ -37,67 +38,71 @@ report writes (measured on the tests' tiny report: 0.41-0.42 MB a run notebook, 
 as figures vary with the data."""
 
 
-def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs", device: str = "auto",
-                 kl_weights: tuple[float, ...] = REPORT_WEIGHTS, sigma_vae: bool = True, notebooks: Path = NOTEBOOKS,
-                 seeds: tuple[int, ...] | None = None, latent_dims: tuple[int, ...] | None = None,
-                 extra_seeds: tuple[int, ...] = (), executor: Executor = "local", workers: int | None = None,
-                 threads: int | None = None, slurm: SlurmOptions | None = None, checkpoint_every: float | None = None,
-                 compiled: bool | None = None, pdf: bool = True, **settings) -> dict[str, Path | None] | None:
-    """Train the sweep's runs (``run.ipynb`` once per run, ``executor`` choosing where), execute
-    ``report.ipynb``, export HTML and PDF.
+@dataclass
+class Training:
+    """How a report's runs train: where (``executor``, ``device``), how many at once, how often they write their
+    files and whether their step is compiled. The sweep (:class:`~vaehelpers.sweep.Sweep`) says which runs."""
 
-    ``settings`` are :class:`RunConfig` fields shared by every run (data, epochs, lr, ...); ``seeds`` and
-    ``latent_dims`` default to ``settings``' seed and latent_dim. ``workers`` and ``threads``: the local
-    executor's (default: from the cores and the model's size, :func:`~vaehelpers.local.local_workers`).
-    ``checkpoint_every``: seconds between two writes of a run's files (default 30).
-    ``compiled``: compile every run's training step (True), never (False), or where it pays (None). Here the
+    executor: Executor = "local"  # local: worker processes here; slurm: one Slurm job array
+    device: str = "auto"
+    workers: int | None = None  # local: runs trained at once (None: from the cores and the model's size)
+    threads: int | None = None  # local: threads per run (None: the cores shared among the workers)
+    compiled: bool | None = None  # compile every run's step (True), never (False), or where it pays (None)
+    checkpoint_every: float | None = None  # seconds between two writes of a run's files (None: 30)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+    @property
+    def here(self) -> str:
+        """The device this machine checks and plans on: with Slurm a login node, which trains nothing, its CPU."""
+        return "cpu" if self.executor == "slurm" else self.device
+
+    @property
+    def on_task(self) -> str:
+        """The device a run notebook trains on: with Slurm, tasks given no GPU train on their node's CPU (not
+        "auto", which would stop at a GPU the task may not use)."""
+        return ("cpu" if self.executor == "slurm" and self.device == "auto" and not self.slurm.gpus_per_task
+                else self.device)
+
+    def share(self, runs: int, cfg: RunConfig) -> tuple[int, int]:
+        """Local: how many of ``runs`` notebooks execute at once, and with how many threads each (0: all)."""
+        auto_workers, auto_threads = local_workers(max(1, runs), cfg.base_channels, cfg.image_size, self.device)
+        workers = min(self.workers or auto_workers, max(1, runs))
+        return workers, self.threads or (auto_threads if workers > 1 else 0)
+
+
+def build_report(sweep: Sweep, settings: dict, training: Training | None = None, out_dir: str | Path = "reports",
+                 runs_dir: str | Path = "runs", pdf: bool = True, notebooks: Path = NOTEBOOKS) -> dict[str, Path | None] | None:
+    """Train the sweep's runs (``run.ipynb`` once per run, as ``training`` says), execute ``report.ipynb``, export
+    HTML and, with ``pdf`` and where LaTeX is installed, PDF.
+
+    ``settings`` are :class:`RunConfig` fields every run shares (data, epochs, lr, ...; :meth:`Sweep.of`). Here the
     precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide`) and passed to each run
     notebook; with Slurm, each task decides on its node, and the report finds the runs the tasks trained.
-    ``pdf``: also export the PDF (where LaTeX is installed).
-    Returns the paths written (``pdf`` None where LaTeX is missing or not asked for), or None where Slurm tasks were submitted
-    without waiting. Raises :class:`~vaehelpers.sweep.SweepFailed` naming the runs that failed.
+    Returns the paths written (``pdf`` None where LaTeX is missing or not asked for), or None where Slurm tasks were
+    submitted without waiting. Raises :class:`~vaehelpers.sweep.SweepFailed` naming the runs that failed.
     """
+    training = training or Training()
     out, runs_path = Path(out_dir).resolve(), Path(runs_dir).resolve()
-    try:
-        if "data" in settings and parse_builtin(settings["data"]) is None:  # relative to the caller, not the project
-            settings = dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
-    except ValueError as e:
-        raise ParameterError(str(e)) from None
-    sweep, settings = Sweep.of(kl_weights, sigma_vae, seeds, latent_dims, extra_seeds, **settings)
-    # With Slurm this machine (a login node) trains nothing and needs no GPU: it checks and plans on its CPU, and
-    # tasks given no GPU train on their node's CPU (not "auto", which would stop at a GPU the task may not use).
-    here = "cpu" if executor == "slurm" else device
-    task_device = "cpu" if executor == "slurm" and device == "auto" and not (slurm or SlurmOptions()).gpus_per_task \
-        else device
+    settings = _data_resolved(settings)
     for d in sweep.latent_dims:  # everything checked before any training: the settings, device and data
-        check_report(list(sweep.kl_weights), here, seed=sweep.seed, latent_dim=d, **settings)
+        check_report(list(sweep.kl_weights), training.here, seed=sweep.seed, latent_dim=d, **settings)
     specs = sweep.runs()
     configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
                                 latent_dim=spec.latent_dim, **settings) for spec in specs}
     main = configs[specs[0]]
-    dev = resolve_device(here)  # checked by check_report; resolved once, here
+    dev = resolve_device(training.here)  # checked by check_report; resolved once, here
     data = main.load_images()
-    training = [spec for spec in specs if finished_run(configs[spec], runs_path, data) is None]
-    asked_workers = workers
-    if executor == "local":  # the threads each run will train with, for the decision below
-        auto_workers, auto_threads = local_workers(max(1, len(training)), main.base_channels, main.image_size, device)
-        workers = min(asked_workers or auto_workers, max(1, len(training)))
-        threads = threads or (auto_threads if workers > 1 else 0)
-    try:
-        choices = decide_all(configs, dev, runs_path, threads or 0, compiled) if executor == "local" else {}
-    except ValueError as e:  # compiled asked for where no compiler is
-        raise ParameterError(str(e)) from None
+    to_train = [spec for spec in specs if finished_run(configs[spec], runs_path, data) is None]
+    workers, threads = training.share(len(to_train), main) if training.executor == "local" else (1, 0)
+    choices = _decided(configs, dev, runs_path, threads, training)
     configs = {spec: replace(cfg, precision=choices[spec].precision) if choices else cfg
                for spec, cfg in configs.items()}
     check_space(list(configs.values()), runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
-    common = dict(settings, device=task_device, runs_dir=str(runs_path))
-    common.update({} if checkpoint_every is None else {"checkpoint_every": float(checkpoint_every)})
-    decided = {spec: {"precision": c.precision, "compiled": c.compiled} for spec, c in choices.items()}
-    if executor == "slurm" and compiled is not None:  # else each task decides on its node
-        decided = {spec: {"compiled": compiled} for spec in specs}
+    common = dict(settings, device=training.on_task, runs_dir=str(runs_path))
+    common.update({} if training.checkpoint_every is None else {"checkpoint_every": float(training.checkpoint_every)})
     tasks = [Task(spec, out / sweep.notebook_name(spec),
                   dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
-                       latent_dim=spec.latent_dim, **decided.get(spec, {})), notebooks / "run.ipynb")
+                       latent_dim=spec.latent_dim, **_passed(spec, choices, training)), notebooks / "run.ipynb")
              for spec in specs]
     if len({c.precision for c in choices.values()}) == 1:  # the report finds the runs in the precision decided
         common["precision"] = choices[specs[0]].precision
@@ -106,40 +111,100 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
         if t not in todo:
             print(f"== {t.spec.label}: {t.out} is up to date", flush=True)
     show_notebook_output()
-    if executor == "local" and todo and not training:  # notebooks to execute again, nothing to train: at once
-        auto_workers, auto_threads = local_workers(len(todo), main.base_channels, main.image_size, device)
-        workers = min(asked_workers or auto_workers, len(todo))
-        threads = auto_threads if workers > 1 else 0
-    to_train = [t for t in todo if t.spec in training]
-    todo_choice = next((choices[t.spec] for t in to_train if t.spec in choices), None)
-    print(plan(sweep, tasks, todo, main, executor, workers or 1, threads or 0, dev, todo_choice, len(to_train)),
-          flush=True)
-    if todo:
-        if executor == "slurm":
-            failures, ended = run_slurm(todo, runs_path, slurm or SlurmOptions())
-            if not ended:
-                return None
-        else:
-            failures = run_local(todo, workers or 1, threads or 0)
-        if failures:
-            others = ", the others finished" if len(failures) < len(todo) else ""
-            raise SweepFailed(f"{len(failures)} of {len(todo)} runs failed{others}: " + "; ".join(failures))
-    print(f"== report: notebooks/report.ipynb -> {out / 'report.ipynb'}", flush=True)
-    # The report trains nothing (every run was trained above: a missing one is an error, never trained here) and
-    # measures nothing a run notebook measured; after Slurm it needs no GPU (a login node has none).
-    execute_notebook(notebooks / "report.ipynb", out / "report.ipynb", progress_bar=False,
-                     parameters=dict(common, device=here, train_missing=False,
-                                     kl_weights=list(sweep.kl_weights), sigma_vae=sigma_vae,
-                                     seeds=list(sweep.seeds), latent_dims=list(sweep.latent_dims),
-                                     extra_seeds=list(sweep.extra_seeds)))
-    html = export_html(out / "report.ipynb", out / "report.html")
-    written = export_pdf(out / "report.ipynb", out / "report.pdf") if pdf else None
-    if not pdf and (out / "report.pdf").exists():  # an earlier build's, which no longer matches the HTML
-        (out / "report.pdf").unlink()
-        print(f"PDF not written (--no-pdf); {out / 'report.pdf'} of an earlier build removed", flush=True)
-    elif not pdf:
-        print("PDF not written (--no-pdf)", flush=True)
-    return {"html": html, "pdf": written, "notebook": out / "report.ipynb"}
+    if training.executor == "local" and todo and not to_train:  # notebooks to execute again, nothing to train
+        workers, threads = training.share(len(todo), main)
+    trained = [t for t in todo if t.spec in to_train]
+    choice = next((choices[t.spec] for t in trained if t.spec in choices), None)
+    print(plan(sweep, tasks, todo, main, training.executor, workers, threads, dev, choice, len(trained)), flush=True)
+    if todo and not _execute(todo, training, runs_path, workers, threads):
+        return None
+    return render(out, notebooks, dict(common, device=training.here, train_missing=False,
+                                       kl_weights=list(sweep.kl_weights), sigma_vae=sweep.sigma_vae,
+                                       seeds=list(sweep.seeds), latent_dims=list(sweep.latent_dims),
+                                       extra_seeds=list(sweep.extra_seeds)), pdf)
+
+
+def _data_resolved(settings: dict) -> dict:
+    """``settings`` with a data path made absolute: relative to the caller, not the project the notebooks run in."""
+    try:
+        if "data" in settings and parse_builtin(settings["data"]) is None:
+            return dict(settings, data=str(Path(settings["data"]).expanduser().resolve()))
+    except ValueError as e:
+        raise ParameterError(str(e)) from None
+    return settings
+
+
+def _decided(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
+             training: Training) -> dict[RunSpec, Choice]:
+    """Local: each run's precision and step (:func:`decide_all`); with Slurm each task decides on its node."""
+    if training.executor != "local":
+        return {}
+    try:
+        return decide_all(configs, dev, runs_dir, threads, training.compiled)
+    except ValueError as e:  # compiled asked for where no compiler is
+        raise ParameterError(str(e)) from None
+
+
+def _passed(spec: RunSpec, choices: dict[RunSpec, Choice], training: Training) -> dict:
+    """What a run notebook is told of how to train, beyond its settings: the decision made here, or with Slurm
+    only a ``compiled`` asked for (each task decides the rest on its node)."""
+    if spec in choices:
+        return {"precision": choices[spec].precision, "compiled": choices[spec].compiled}
+    return {"compiled": training.compiled} if training.executor == "slurm" and training.compiled is not None else {}
+
+
+def _execute(todo: list[Task], training: Training, runs_dir: Path, workers: int, threads: int) -> bool:
+    """Execute the run notebooks of ``todo`` where ``training`` says; False where Slurm tasks were submitted without
+    waiting. Raises :class:`SweepFailed` naming each run that failed."""
+    if training.executor == "slurm":
+        failures, ended = run_slurm(todo, runs_dir, training.slurm)
+        if not ended:
+            return False
+    else:
+        failures = run_local(todo, workers, threads)
+    if failures:
+        others = ", the others finished" if len(failures) < len(todo) else ""
+        raise SweepFailed(f"{len(failures)} of {len(todo)} runs failed{others}: " + "; ".join(failures))
+    return True
+
+
+def render(out: Path, notebooks: Path, parameters: dict, pdf: bool) -> dict[str, Path | None]:
+    """Execute ``report.ipynb`` into ``out`` and export it. It trains nothing (every run was trained before: a
+    missing one is an error) and measures nothing a run notebook measured; after Slurm it needs no GPU.
+
+    One command renders into ``out`` at a time; one that waited for another's render of the same parameters
+    (two identical commands sharing one Slurm job array, say) reuses what that one wrote."""
+    paths = {"html": out / "report.html", "pdf": out / "report.pdf", "notebook": out / "report.ipynb"}
+    asked = time.time()
+    with locked(out / ".report.lock", f"the report in {out}") as waited:
+        if waited and _rendered_since(paths, notebooks / "report.ipynb", parameters, asked):
+            print(f"== report: another command rendered {paths['notebook']} from the same runs while this one "
+                  "waited: reused", flush=True)
+            return dict(paths, pdf=paths["pdf"] if pdf and paths["pdf"].exists() else None)
+        print(f"== report: notebooks/report.ipynb -> {paths['notebook']}", flush=True)
+        execute_notebook(notebooks / "report.ipynb", paths["notebook"], progress_bar=False, parameters=parameters)
+        export_html(paths["notebook"], paths["html"])
+        written = export_pdf(paths["notebook"], paths["pdf"]) if pdf else None
+        if not pdf and paths["pdf"].exists():  # an earlier build's, which no longer matches the HTML
+            paths["pdf"].unlink()
+            print(f"PDF not written (--no-pdf); {paths['pdf']} of an earlier build removed", flush=True)
+        elif not pdf:
+            print("PDF not written (--no-pdf)", flush=True)
+    return dict(paths, pdf=written)
+
+
+def _rendered_since(paths: dict[str, Path], source: Path, parameters: dict, since: float) -> bool:
+    """Whether ``paths`` hold a report executed from the current ``source`` with ``parameters``, without error,
+    and exported, all after ``since``."""
+    import nbformat
+
+    try:
+        if min(paths["notebook"].stat().st_mtime, paths["html"].stat().st_mtime) < max(since, source.stat().st_mtime):
+            return False
+        info = nbformat.read(paths["notebook"], as_version=4).metadata.get("papermill", {})
+    except Exception:  # missing, or cut short
+        return False
+    return info.get("parameters") == parameters and not info.get("exception")
 
 
 def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,

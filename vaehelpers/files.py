@@ -115,8 +115,9 @@ def torch_save_atomic(path: Path, obj: object) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` (created if missing) for the ``with`` block.
+def locked(lock_file: Path, what: str) -> Iterator[bool]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing) for the ``with`` block; ``as`` gives whether
+    another process held it first.
 
     A second process asking for the same lock says, once, that it waits for ``what``, and
     goes on when the first is done, whether it finished or died (the system releases the lock).
@@ -127,12 +128,14 @@ def locked(lock_file: Path, what: str) -> Iterator[None]:
     except OSError as e:
         raise explain(e, lock_file.parent, 0, lock_file.name) from None
     with f:
+        waited = False
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting for another process using {what} (lock {lock_file})", file=sys.stderr, flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
         try:
-            yield
+            yield waited
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
