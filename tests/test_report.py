@@ -10,8 +10,9 @@ from vaehelpers.figures import learning_curve
 from vaehelpers.model import ConvVAE
 from vaehelpers.store import Setting
 from vaehelpers.stats import welch
-from vaehelpers.text import (Claims, architecture_markdown, comparison_coverage, discussion, hyperparameters_markdown,
-                             preprocessing_markdown, probe_markdown, results_table, sigma_vae_markdown, claims_markdown)
+from vaehelpers.discussion import Claims, claims_markdown, comparison_coverage, discussion, sigma_vae_markdown
+from vaehelpers.tables import (architecture_markdown, hyperparameters_markdown, preprocessing_markdown, probe_markdown,
+                               results_table)
 
 PROBE = {"hair_hue": 0.9, "eye_size": 0.5}
 
@@ -244,6 +245,6 @@ def test_learning_curve_titles_state_the_decoder_variance_used(likelihood, varia
 
 
 def test_an_r2_that_rounds_to_zero_is_never_printed_negative():
-    from vaehelpers.text import _r2
+    from vaehelpers.discussion import _r2
 
     assert (_r2(-0.0047), _r2(-0.3), _r2(0.531)) == ("0.00", "-0.30", "0.53")  # the default report said "-0.00"

@@ -10,7 +10,8 @@ from vaehelpers.params import ParameterError
 from vaehelpers.store import Setting
 from vaehelpers.local import local_workers, tail_threads
 from vaehelpers.sweep import RunSpec, Sweep
-from vaehelpers.text import comparison_coverage, latent_markdown, results_table
+from vaehelpers.discussion import comparison_coverage
+from vaehelpers.tables import latent_markdown, results_table
 
 from conftest import TINY
 

@@ -20,6 +20,8 @@ from typing import Iterator
 
 import torch
 
+from .errors import OneSentenceError
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, put back: the process's umask, for the files written here
 
@@ -27,15 +29,12 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-class NotWritable(OSError):
+class NotWritable(OneSentenceError, OSError):
     """A folder that cannot take a file: its disk is full, or it is read-only. Its message is one sentence
     naming the folder, the space needed and free, and what to do; IPython shows only that."""
 
     def __str__(self) -> str:
         return str(self.strerror)
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"NotWritable: {self}"]
 
 
 def size_text(n: float) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .data import parse_builtin
+from .errors import OneSentenceError
 from .files import ensure_writable, free_bytes, no_room
 from .objective import Likelihood
 from .store import RunConfig, run_bytes
@@ -47,11 +48,8 @@ def project_path(path: str | Path) -> Path:
     return path if path.is_absolute() else PROJECT / path
 
 
-class ParameterError(ValueError):
+class ParameterError(OneSentenceError, ValueError):
     """A bad notebook parameter. IPython shows it as its one sentence, without a traceback."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"ParameterError: {self}"]
 
 
 SETTINGS: dict[str, object] = typing.get_type_hints(RunConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import OneSentenceError
 from .measure import measure_run
 from .params import check_report, project_path, run_config
 from .store import Run, Setting
@@ -33,11 +34,8 @@ class Report:
         return [self.runs[1.0], self.runs[100.0], self.runs[0.0]]
 
 
-class RunsMissing(RuntimeError):
+class RunsMissing(OneSentenceError, RuntimeError):
     """Runs of the report that the sweep has not trained, where the report may not train them itself."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"RunsMissing: {self}"]
 
 
 def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str = "runs", device: str = "auto",

@@ -12,7 +12,7 @@ active dimensions can), the test is undefined, and said so.
 Each test is at 95 % on its own, with no correction for the number of tests a report makes: of twenty
 differences that are not there, about one reads "real" by chance.
 
-The words for these results are :mod:`vaehelpers.text`'s.
+The words for these results are :mod:`vaehelpers.discussion`'s.
 """
 
 from __future__ import annotations

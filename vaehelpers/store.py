@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from .data import ImageSet, cached_images, load_images
+from .errors import OneSentenceError
 from .model import ConvVAE, VAEConfig
 from .objective import LIKELIHOODS, Likelihood
 from .streams import VERSION as STREAMS_VERSION, generator, stream_seed
@@ -48,11 +49,8 @@ HISTORY_COLUMNS = ["epoch"] + [f"{s}_{t}" for s in SPLITS for t in TERMS] + ["se
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-class RunDamaged(ValueError):
+class RunDamaged(OneSentenceError, ValueError):
     """A run folder whose files cannot be used. IPython shows it as its one sentence."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"RunDamaged: {self}"]
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""The one-sentence errors: each shows in a notebook as ``Name: sentence`` through the one base class, and is still
+caught as what it was before it had that base."""
+
+import ast
+import errno
+import pickle
+from pathlib import Path
+
+import pytest
+
+from vaehelpers.errors import OneSentenceError
+from vaehelpers.files import NotWritable
+from vaehelpers.params import ParameterError
+from vaehelpers.report import RunsMissing
+from vaehelpers.store import RunDamaged
+
+SENTENCE = "Not enough space in /runs for the run: 3.0 GB needed, 1.0 GB free; free some or give another --runs-dir."
+
+ERRORS = [  # (the error as the package raises it, the base its callers catch)
+    (NotWritable(errno.ENOSPC, SENTENCE), OSError),
+    (ParameterError(SENTENCE), ValueError),
+    (RunsMissing(SENTENCE), RuntimeError),
+    (RunDamaged(SENTENCE), ValueError),
+]
+
+
+@pytest.mark.parametrize("error, base", ERRORS, ids=[type(e).__name__ for e, _ in ERRORS])
+def test_a_one_sentence_error_shows_as_its_name_and_sentence_and_keeps_its_base(error, base):
+    name = type(error).__name__
+    assert error._render_traceback_() == [f"{name}: {SENTENCE}"]  # what IPython shows in place of a traceback
+    assert isinstance(error, base) and isinstance(error, OneSentenceError)
+    assert "_render_traceback_" not in vars(type(error))  # written once, in the base
+    copy = pickle.loads(pickle.dumps(error))  # as a worker process hands it back
+    assert type(copy) is type(error) and copy._render_traceback_() == [f"{name}: {SENTENCE}"]
+
+
+def test_not_writable_keeps_its_errno():
+    assert NotWritable(errno.EROFS, SENTENCE).errno == errno.EROFS
+
+
+def test_the_errors_module_imports_nothing_from_the_package():
+    tree = ast.parse((Path(__file__).parents[1] / "vaehelpers" / "errors.py").read_text())
+    modules = [(n.level, n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [(0, a.name) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for level, m in modules if level or m.split(".")[0] == "vaehelpers"]  # the lowest floor
