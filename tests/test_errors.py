@@ -12,7 +12,10 @@ from vaehelpers.errors import OneSentenceError
 from vaehelpers.files import NotWritable
 from vaehelpers.params import ParameterError
 from vaehelpers.report import RunsMissing
+from vaehelpers.slurm_record import RecordDamaged
 from vaehelpers.store import RunDamaged
+from vaehelpers.sweep import SweepFailed
+from vaehelpers.trust import Untrusted
 
 SENTENCE = "Not enough space in /runs for the run: 3.0 GB needed, 1.0 GB free; free some or give another --runs-dir."
 
@@ -21,6 +24,9 @@ ERRORS = [  # (the error as the package raises it, the base its callers catch)
     (ParameterError(SENTENCE), ValueError),
     (RunsMissing(SENTENCE), RuntimeError),
     (RunDamaged(SENTENCE), ValueError),
+    (RecordDamaged(SENTENCE), ValueError),
+    (SweepFailed(SENTENCE), RuntimeError),
+    (Untrusted(SENTENCE), RuntimeError),
 ]
 
 

@@ -22,15 +22,14 @@ from pathlib import Path
 from papermill.exceptions import PapermillExecutionError
 
 from .build import Training, build_report
+from .errors import OneSentenceError
 from .execute import end_descendants
 from .files import NotWritable, explain
-from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS, ParameterError
+from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS
 from .signals import stopping
 from .slurm import SlurmOptions
-from .slurm_record import RecordDamaged
 from .speed import native_bf16_told
 from .sweep import Sweep, SweepFailed
-from .trust import Untrusted
 
 CLI_SETTINGS = {
     "data": "image folder, .npz/.npy file, or builtin[:N] (default: the quick built-in budget)",
@@ -276,14 +275,14 @@ def report(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:  # what was cancelled has been said; no process this one started outlives it
         end_descendants()
         return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for SIGINT, 143 for SIGTERM
-    except (ParameterError, Untrusted, RecordDamaged) as e:  # found before any notebook ran, or a Slurm folder refused
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:  # a full disk or a read-only folder: said in one sentence (files.NotWritable)
         said = explain(e, Path(e.filename).parent if e.filename else Path(args.out), 0, "the report's files")
         if said is e and not isinstance(e, NotWritable):
             raise
         print(f"error: {said}", file=sys.stderr)
+        return 2
+    except OneSentenceError as e:  # found before any notebook ran (a bad parameter), a Slurm folder refused, ...
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if written is None:
         print("submitted; run the same command again to wait for the runs and render the report once they finish "

@@ -2,8 +2,8 @@
 sweep with papermill (:mod:`vaehelpers.sweep`; :mod:`vaehelpers.local` here or :mod:`vaehelpers.slurm` in Slurm), then ``notebooks/report.ipynb``, and exports the executed report to a self-contained
 HTML file (figures embedded, mathematics as MathML, no script from a CDN) and, where LaTeX is
 installed, to PDF through nbconvert's LaTeX route. Code is hidden in both. Only the command line
-imports this module; the notebooks it runs import :mod:`vaehelpers.params`, :mod:`vaehelpers.report`
-and :mod:`vaehelpers.text`.
+imports this module; the notebooks it runs import :mod:`vaehelpers.params`, :mod:`vaehelpers.report`,
+:mod:`vaehelpers.tables` and :mod:`vaehelpers.discussion`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .errors import OneSentenceError
 from .files import write_atomic
 from .slurm_queue import IN_FLIGHT, slurm_job
 from .sweep import Task
@@ -29,7 +30,7 @@ def run_key(task: Task) -> str:
 RECORD_VERSION = 1
 
 
-class RecordDamaged(ValueError):
+class RecordDamaged(OneSentenceError, ValueError):
     """The job record cannot be what this module wrote."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .errors import OneSentenceError
 from .objective import Likelihood
 from .params import ASSIGNMENT_WEIGHTS, REPORT_WEIGHTS, PROJECT, ParameterError
 
@@ -143,7 +144,7 @@ def up_to_date(executed: Path, source: Path, parameters: dict) -> bool:
     return folder is not None and (Path(folder.group(1)) / "checkpoint.pt").exists()
 
 
-class SweepFailed(RuntimeError):
+class SweepFailed(OneSentenceError, RuntimeError):
     """Some runs of a sweep failed; the others finished. The message names each with its error and log."""
 
 

@@ -9,8 +9,10 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import OneSentenceError
 
-class Untrusted(RuntimeError):
+
+class Untrusted(OneSentenceError, RuntimeError):
     """A Slurm folder or file another user owns or could write: never read, never unpickled."""
 
 
