@@ -30,7 +30,7 @@ from vaehelpers.slurm_queue import IN_FLIGHT
 from vaehelpers.slurm_record import RecordDamaged, read_record, run_key
 from vaehelpers.trust import Untrusted
 from vaehelpers.store import RunConfig
-from vaehelpers.sweep import RunSpec, Task
+from vaehelpers.sweep import RunSpec, RunNotebook
 from vaehelpers.train import GPUUnusable, fit, resolve_device
 
 from conftest import fixed_rates, interrupt_at
@@ -63,17 +63,36 @@ def test_the_report_step_finds_the_runs_a_node_trained_in_another_precision_and_
                     **TINY)
 
 
-def _task(tmp_path: Path, **changes) -> Task:
+def _task(tmp_path: Path, **changes) -> RunNotebook:
     parameters = {**dict(data="builtin:150", epochs=2, kl_weight=1.0, seed=0, runs_dir=str(tmp_path / "runs")), **changes}
-    return Task(RunSpec(1.0, "fixed", 0, 4), tmp_path / "out" / "run-kl1.ipynb", parameters)
+    return RunNotebook(RunSpec(1.0, "fixed", 0, 4), tmp_path / "out" / "run-kl1.ipynb", parameters)
 
 
 def test_the_job_record_is_keyed_by_the_runs_identity_not_its_notebook(tmp_path):
     task = _task(tmp_path)
-    assert run_key(task) == run_key(Task(task.spec, tmp_path / "elsewhere.ipynb", dict(task.parameters)))
+    assert run_key(task) == run_key(RunNotebook(task.spec, tmp_path / "elsewhere.ipynb", dict(task.parameters)))
     assert run_key(task) != run_key(_task(tmp_path, lr=1e-4))  # other settings: another run, never waited on
     assert run_key(task) == run_key(_task(tmp_path, checkpoint_every=5.0, compiled=True, device="cpu"))  # same run
     assert {"PREEMPTED", "PENDING", "RUNNING", "REQUEUED"} <= IN_FLIGHT and "UNKNOWN" not in IN_FLIGHT
+
+
+def test_pickles_an_earlier_version_queued_still_load_under_the_names_they_give(tmp_path):
+    """A Slurm task's pickle names its callable (vaehelpers.slurm.RunTask) and its argument, which earlier versions
+    called vaehelpers.sweep.Task: a requeued or adopted task queued before the rename still loads."""
+    import pickle
+
+    from vaehelpers.slurm import RunTask
+
+    task = _task(tmp_path)
+    RunNotebook.__qualname__ = "Task"  # pickled as the version before the rename did
+    try:
+        old = pickle.dumps((RunTask(3), task))
+    finally:
+        RunNotebook.__qualname__ = "RunNotebook"
+    assert b"vaehelpers.sweep" in old and b"Task" in old and b"RunNotebook" not in old
+    callable_, argument = pickle.loads(old)
+    assert type(callable_) is RunTask and type(callable_).__module__ == "vaehelpers.slurm" and callable_.time_min == 3
+    assert type(argument) is RunNotebook and run_key(argument) == run_key(task)
 
 
 class Planted:
@@ -217,9 +236,9 @@ def _notebook(path: Path, code: str) -> Path:
 
 
 def test_one_local_worker_records_a_dead_kernel_and_goes_on_like_the_pool(tmp_path, capsys):
-    dies = Task(RunSpec(1.0, "fixed", 0, 4), tmp_path / "dies.ipynb", {},
+    dies = RunNotebook(RunSpec(1.0, "fixed", 0, 4), tmp_path / "dies.ipynb", {},
                 _notebook(tmp_path / "die.ipynb", "import os\nos._exit(1)"))
-    lives = Task(RunSpec(100.0, "fixed", 0, 4), tmp_path / "lives.ipynb", {},
+    lives = RunNotebook(RunSpec(100.0, "fixed", 0, 4), tmp_path / "lives.ipynb", {},
                  _notebook(tmp_path / "live.ipynb", "print('alive')"))
     failures = run_local([dies, lives], workers=1, threads=0)
     assert len(failures) == 1 and failures[0].startswith("KL weight 1, latent size 4, seed 0: ")

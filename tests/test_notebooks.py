@@ -123,7 +123,7 @@ def test_parameter_cells_match_the_run_settings(name, extras):
     import dataclasses
     import typing
 
-    from vaehelpers.params import SETTINGS
+    from vaehelpers.params import SETTING_TYPES
     from vaehelpers.store import RunConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -133,11 +133,11 @@ def test_parameter_cells_match_the_run_settings(name, extras):
     exec("".join(first["source"]), namespace)
     annotations = {name: eval(kind, {"Optional": typing.Optional}) if isinstance(kind, str) else kind
                    for name, kind in namespace["__annotations__"].items()}
-    assert set(annotations) - set(SETTINGS) == extras
+    assert set(annotations) - set(SETTING_TYPES) == extras
     # papermill knows every parameter (else each run's log says "Passed unknown parameter" for what the build passes)
     assert set(papermill.inspect_notebook(str(ROOT / "notebooks" / name))) == set(annotations)
-    for setting in set(annotations) & set(SETTINGS):
-        kind = SETTINGS[setting]
+    for setting in set(annotations) & set(SETTING_TYPES):
+        kind = SETTING_TYPES[setting]
         assert annotations[setting] == (str if typing.get_origin(kind) is typing.Literal else kind), setting
         assert namespace[setting] == defaults[setting], setting
 

@@ -18,7 +18,7 @@ import pytest
 from vaehelpers.__main__ import main
 from vaehelpers.params import PROJECT, run_config
 from vaehelpers.slurm import SlurmOptions, run_slurm
-from vaehelpers.sweep import NOTEBOOKS, RunSpec, Task, up_to_date
+from vaehelpers.sweep import NOTEBOOKS, RunSpec, RunNotebook, up_to_date
 
 from conftest import TINY, missing_part, without_time
 
@@ -72,11 +72,11 @@ def test_a_sweep_runs_as_a_job_array_and_is_reported(cluster, tmp_path, capsys):
 EPOCHS = 40  # long enough (about 15 s) to be still training when Slurm's KillWait of 5 s ends
 
 
-def _task(runs_dir: Path, out: Path, **settings) -> Task:
+def _task(runs_dir: Path, out: Path, **settings) -> RunNotebook:
     parameters = {**dict(data="builtin:600", epochs=EPOCHS, batch_size=50, base_channels=8, latent_dim=4,
                          kl_weight=1.0, likelihood="fixed", seed=0, device="cpu", runs_dir=str(runs_dir),
                          checkpoint_every=0.0), **settings}
-    return Task(RunSpec(1.0, "fixed", 0, 4), out, parameters, NOTEBOOKS / "run.ipynb")
+    return RunNotebook(RunSpec(1.0, "fixed", 0, 4), out, parameters, NOTEBOOKS / "run.ipynb")
 
 
 def _history(runs_dir: Path) -> list[dict]:
@@ -281,7 +281,7 @@ def test_the_job_record_of_the_version_before_is_taken_over_for_the_runs_its_tas
         time.sleep(0.2)
     folder = slurm_dir(tmp_path / "runs")
     folder.mkdir(mode=0o700, parents=True)
-    trained = [same, Task(other.spec, other.out, dict(other.parameters, epochs=EPOCHS + 1), other.source)]
+    trained = [same, RunNotebook(other.spec, other.out, dict(other.parameters, epochs=EPOCHS + 1), other.source)]
     for job_id, task in zip(sleepers, trained):  # each job's pickle, as submitit wrote it for the version before
         pickled = submitit.SlurmJob(folder / "%j", job_id).paths.submitted_pickle
         pickled.parent.mkdir(mode=0o700)

@@ -148,9 +148,9 @@ def test_the_plan_says_on_how_many_seeds_the_discussion_compares(tmp_path, sweep
     from vaehelpers.build import plan
     from vaehelpers.speed import Choice
     from vaehelpers.store import RunConfig
-    from vaehelpers.sweep import Task
+    from vaehelpers.sweep import RunNotebook
 
-    tasks = [Task(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
+    tasks = [RunNotebook(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
     cfg = RunConfig(data="builtin:150", epochs=2, base_channels=8, latent_dim=4, batch_size=50)
     line = plan(sweep, tasks, tasks, cfg, "slurm" if path == "slurm" else "local", 2, 1, torch.device("cpu"),
                 Choice("fp32", False, "measured", 1000.0) if path == "local" else None,
@@ -166,10 +166,10 @@ def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):
     from vaehelpers.build import plan
     from vaehelpers.speed import Choice
     from vaehelpers.store import RunConfig
-    from vaehelpers.sweep import Task
+    from vaehelpers.sweep import RunNotebook
 
     sweep = Sweep((1.0, 100.0, 0.0), sigma_vae=False)
-    tasks = [Task(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
+    tasks = [RunNotebook(spec, tmp_path / sweep.notebook_name(spec), {}) for spec in sweep.runs()]
     cfg = RunConfig(data="builtin:150", epochs=2, base_channels=8, latent_dim=4, batch_size=50)
     cpu = torch.device("cpu")
     assert plan(sweep, tasks, tasks, cfg, "local", 2, 1, cpu, None, training=0) == (

@@ -25,7 +25,7 @@ from .build import Training, build_report
 from .errors import OneSentenceError
 from .execute import end_descendants
 from .files import NotWritable, explain
-from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTINGS
+from .params import ASSIGNMENT, QUICK, QUICK_EXTRA_SEEDS, REPORT_WEIGHTS, SETTING_TYPES
 from .signals import stopping
 from .slurm import SlurmOptions
 from .speed import native_bf16_told
@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="train the KL settings and write reports/report.html and .pdf")
     for name, help_text in CLI_SETTINGS.items():  # derived from RunConfig's fields: names, types, choices
-        kind = SETTINGS[name]
+        kind = SETTING_TYPES[name]
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
         report.add_argument(f"--{name.replace('_', '-')}", type=None if choices else kind, choices=choices, help=help_text)
     report.add_argument("--kl-weights", type=_weights, default=list(REPORT_WEIGHTS),

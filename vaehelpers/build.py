@@ -26,7 +26,7 @@ from .store import RunConfig
 from .execute import execute_notebook, show_notebook_output
 from .local import local_workers, run_local
 from .slurm import SlurmOptions, run_slurm
-from .sweep import NOTEBOOKS, Executor, RunSpec, Sweep, SweepFailed, Task, estimate_seconds, up_to_date
+from .sweep import NOTEBOOKS, Executor, RunSpec, Sweep, SweepFailed, RunNotebook, estimate_seconds, up_to_date
 from .train import decide, finished_run, resolve_device
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -100,7 +100,7 @@ def build_report(sweep: Sweep, settings: dict, training: Training | None = None,
     check_space(list(configs.values()), runs_path, out, len(configs) * RUN_NOTEBOOK_BYTES + REPORT_BYTES)
     common = dict(settings, device=training.on_task, runs_dir=str(runs_path))
     common.update({} if training.checkpoint_every is None else {"checkpoint_every": float(training.checkpoint_every)})
-    tasks = [Task(spec, out / sweep.notebook_name(spec),
+    tasks = [RunNotebook(spec, out / sweep.notebook_name(spec),
                   dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
                        latent_dim=spec.latent_dim, **_passed(spec, choices, training)), notebooks / "run.ipynb")
              for spec in specs]
@@ -153,7 +153,7 @@ def _passed(spec: RunSpec, choices: dict[RunSpec, Choice], training: Training) -
     return {"compiled": training.compiled} if training.executor == "slurm" and training.compiled is not None else {}
 
 
-def _execute(todo: list[Task], training: Training, runs_dir: Path, workers: int, threads: int) -> bool:
+def _execute(todo: list[RunNotebook], training: Training, runs_dir: Path, workers: int, threads: int) -> bool:
     """Execute the run notebooks of ``todo`` where ``training`` says; False where Slurm tasks were submitted without
     waiting. Raises :class:`SweepFailed` naming each run that failed."""
     if training.executor == "slurm":
@@ -220,7 +220,7 @@ def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: P
         torch.set_num_threads(previous)
 
 
-def plan(sweep: Sweep, tasks: list[Task], todo: list[Task], cfg: RunConfig, executor: Executor, workers: int,
+def plan(sweep: Sweep, tasks: list[RunNotebook], todo: list[RunNotebook], cfg: RunConfig, executor: Executor, workers: int,
          threads: int, dev: torch.device, choice: Choice | None = None, training: int | None = None) -> str:
     """What a sweep will do, before it does it: its runs, how many are finished, how they train (``choice``, the
     decision the runs get) and how long the others take at the rate measured here. ``training``: how many of the

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .sweep import Task
+from .sweep import RunNotebook
 
 LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
 """The notebooks' kernels talk to papermill over Unix sockets in Jupyter's private runtime folder, not over TCP
@@ -61,7 +61,7 @@ def show_notebook_output(prefix: str = "") -> None:
 
 
 
-def execute_run(task: Task, prefix: str = "", threads: int | None = None, kernel_ignores: tuple[int, ...] = ()) -> float:
+def execute_run(task: RunNotebook, prefix: str = "", threads: int | None = None, kernel_ignores: tuple[int, ...] = ()) -> float:
     """Execute ``run.ipynb`` for one task (its kernel with ``threads`` CPU threads, ignoring the signals
     ``kernel_ignores``); returns the seconds it took. A failed notebook raises papermill's
     ``PapermillExecutionError``, whose ``evalue`` is the run's error."""

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from .execute import end_descendants, error_text, execute_run
-from .sweep import Task
+from .sweep import RunNotebook
 
 
 def cpu_count() -> int:
@@ -50,7 +50,7 @@ def tail_threads(threads: int, workers: int, tail: int) -> int:
     return max(threads, threads * workers // tail) if tail else threads
 
 
-def run_local(tasks: list[Task], workers: int, threads: int) -> list[str]:
+def run_local(tasks: list[RunNotebook], workers: int, threads: int) -> list[str]:
     """Train ``tasks`` on ``workers`` processes of ``threads`` threads each; one worker trains in this process,
     as a single run always did. Returns one line per failed run (its error and its notebook); the others finish."""
     failures: list[str] = []

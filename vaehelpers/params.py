@@ -1,6 +1,6 @@
 """The parameters of the notebooks and of the command line, and every check they get before anything trains.
 
-The settings of a run are :class:`~vaehelpers.store.RunConfig`'s fields (:data:`SETTINGS`); a
+The settings of a run are :class:`~vaehelpers.store.RunConfig`'s fields (:data:`SETTING_TYPES`); a
 bad one is a :class:`ParameterError`, one sentence that IPython shows without a traceback.
 """
 
@@ -52,7 +52,7 @@ class ParameterError(OneSentenceError, ValueError):
     """A bad notebook parameter. IPython shows it as its one sentence, without a traceback."""
 
 
-SETTINGS: dict[str, object] = typing.get_type_hints(RunConfig)
+SETTING_TYPES: dict[str, object] = typing.get_type_hints(RunConfig)
 """The settings of a run, with their types: :class:`~vaehelpers.store.RunConfig`'s fields, the one source
 from which the notebooks' parameter checks and the command line's options are derived."""
 KINDS = {int: ((int,), "a whole number"), float: ((int, float), "a number"), str: ((str,), "a string")}
@@ -60,15 +60,15 @@ KINDS = {int: ((int,), "a whole number"), float: ((int, float), "a number"), str
 
 def notebook_settings(namespace: dict) -> dict:
     """The run settings among a notebook's variables (its parameters cell, after papermill's injections)."""
-    return {name: namespace[name] for name in SETTINGS if name in namespace}
+    return {name: namespace[name] for name in SETTING_TYPES if name in namespace}
 
 
 def run_config(**params) -> RunConfig:
     """A :class:`RunConfig` from notebook parameters, or a :class:`ParameterError` naming the bad one."""
     for name, value in params.items():
-        if name not in SETTINGS:
-            raise ParameterError(f"Unknown parameter {name!r}; the parameters are {', '.join(SETTINGS)}.")
-        wanted = KINDS.get(SETTINGS[name])  # type: ignore[call-overload]
+        if name not in SETTING_TYPES:
+            raise ParameterError(f"Unknown parameter {name!r}; the parameters are {', '.join(SETTING_TYPES)}.")
+        wanted = KINDS.get(SETTING_TYPES[name])  # type: ignore[call-overload]
         if wanted and (isinstance(value, bool) or not isinstance(value, wanted[0])):
             raise ParameterError(f"Parameter {name} = {value!r} should be {wanted[1]}.")
     data = str(params.get("data", "builtin"))

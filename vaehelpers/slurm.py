@@ -22,7 +22,7 @@ from .files import locked, write_atomic
 from .signals import deferred, stopping
 from .slurm_queue import IN_FLIGHT, RunFailed, duration_text, lost, preempted_for_good, slurm_job, wait_for
 from .slurm_record import adopt_old_record, done_with_old_record, read_record, run_key, write_record
-from .sweep import Task
+from .sweep import RunNotebook
 from .train import RUN_FOLDER_FILE
 from .trust import check_trusted, make_private
 
@@ -66,7 +66,7 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
     def __init__(self, time_min: int, max_requeues: int | None = None) -> None:
         self.time_min, self.max_requeues = time_min, max_requeues
 
-    def __call__(self, task: Task, threads: int) -> float:
+    def __call__(self, task: RunNotebook, threads: int) -> float:
         # Slurm requeues or preempts a task with SIGTERM to every process of the job, then SIGKILL after its
         # KillWait. submitit ignores the SIGTERM; the notebook's kernel, which inherits this, must too: otherwise
         # it dies first, and the task records a failure ("Kernel died") instead of being started again. The
@@ -86,7 +86,7 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
                 raise
             raise RunFailed(error_text(e)) from None
 
-    def checkpoint(self, task: Task, threads: int):  # noqa: ANN201 (submitit's DelayedSubmission)
+    def checkpoint(self, task: RunNotebook, threads: int):  # noqa: ANN201 (submitit's DelayedSubmission)
         """Called by submitit on SIGUSR2, before it requeues the task: says why and where the run resumes, in the
         task's log and in ``<job>_requeues.json`` beside it (read by the waiting command); refuses (:class:`RunFailed`,
         the task's error) a requeue at the time limit past ``max_requeues``, or after the second slice in a row that
@@ -161,7 +161,7 @@ NO_CAP = 1_000_000
 :meth:`RunTask.checkpoint`, which knows whether a slice made progress."""
 
 
-def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple[list[str], bool]:
+def run_slurm(tasks: list[RunNotebook], runs_dir: Path, options: SlurmOptions) -> tuple[list[str], bool]:
     """Send ``tasks`` to Slurm as one job array, except those a task submitted earlier (by this command or another
     one) still trains; wait for them all (showing finished / running / pending), unless ``options.wait`` is False.
 
@@ -171,7 +171,7 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
     SIGINT or SIGTERM while waiting cancels every task this call submitted, once, and says where each run resumes.
     """
     folder = make_private(slurm_dir(runs_dir))
-    submitted: list[tuple[Task, object]] = []
+    submitted: list[tuple[RunNotebook, object]] = []
     with stopping():
         try:
             with locked(folder / "jobs.lock", f"the Slurm job record of {runs_dir}"):
@@ -195,7 +195,7 @@ def run_slurm(tasks: list[Task], runs_dir: Path, options: SlurmOptions) -> tuple
             raise
 
 
-def _in_slurm_already(folder: Path, tasks: list[Task], record: dict[str, dict], lost_after_s: float) -> dict[str, tuple]:
+def _in_slurm_already(folder: Path, tasks: list[RunNotebook], record: dict[str, dict], lost_after_s: float) -> dict[str, tuple]:
     """The tasks the record names whose Slurm job may still train their run: waited on rather than trained twice.
     Said in one line, with when each was submitted (an earlier command's, or one started beside this one)."""
     jobs = {}
@@ -224,8 +224,8 @@ def _in_slurm_already(folder: Path, tasks: list[Task], record: dict[str, dict], 
     return jobs
 
 
-def _submit(new: list[Task], folder: Path, options: SlurmOptions, record: dict[str, dict],
-            submitted: list[tuple[Task, object]]) -> None:
+def _submit(new: list[RunNotebook], folder: Path, options: SlurmOptions, record: dict[str, dict],
+            submitted: list[tuple[RunNotebook, object]]) -> None:
     """Submit ``new`` as one job array and write it into the record (``jobs.json``), with SIGINT and SIGTERM
     deferred between the two; a submission whose record cannot be written is cancelled. Its (task, job) pairs go
     into ``submitted`` as soon as they exist: what a signal noted meanwhile cancels."""
@@ -259,7 +259,7 @@ def _submit(new: list[Task], folder: Path, options: SlurmOptions, record: dict[s
         os.umask(umask)
 
 
-def _say_submitted(submitted: list[tuple[Task, object]], runs_dir: Path) -> None:
+def _say_submitted(submitted: list[tuple[RunNotebook, object]], runs_dir: Path) -> None:
     tasks, first = [task for task, _ in submitted], submitted[0][1]
     array = first.job_id.split("_")[0]
     print(f"== submitted Slurm job {array}: {len(tasks)} task{'s' if len(tasks) > 1 else ''} "
@@ -269,7 +269,7 @@ def _say_submitted(submitted: list[tuple[Task, object]], runs_dir: Path) -> None
           "(a shared filesystem)", flush=True)
 
 
-def _cancel(submitted: list[tuple[Task, object]], why: str = "interrupted") -> str:
+def _cancel(submitted: list[tuple[RunNotebook, object]], why: str = "interrupted") -> str:
     """Cancel every task of ``submitted`` with one scancel call; what was cancelled and where each run resumes
     when the command runs again, in one line."""
     if not submitted:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import OneSentenceError
 from .files import write_atomic
 from .slurm_queue import IN_FLIGHT, slurm_job
-from .sweep import Task
+from .sweep import RunNotebook
 from .trust import check_trusted, read_trusted
 
 
@@ -19,7 +19,7 @@ NOT_IDENTITY = ("device", "checkpoint_every", "compiled")
 """Task parameters that do not change what a run is (where it trains, how often it writes, eager or compiled)."""
 
 
-def run_key(task: Task) -> str:
+def run_key(task: RunNotebook) -> str:
     """A run's identity in the job record: its notebook's parameters (the run's settings, data, precision and runs
     folder) less :data:`NOT_IDENTITY`, so that a call with other epochs, rate or data never waits on an array trained
     for another, and one with another ``--checkpoint-every`` never submits a run still in Slurm a second time."""
@@ -65,7 +65,7 @@ def write_record(folder: Path, record: dict[str, dict]) -> None:
                  mode=0o600)
 
 
-def adopt_old_record(folder: Path, tasks: list[Task], record: dict[str, dict]) -> tuple[Path, dict] | None:
+def adopt_old_record(folder: Path, tasks: list[RunNotebook], record: dict[str, dict]) -> tuple[Path, dict] | None:
     """Take the tasks still in Slurm from ``submitted.json``, the record of the version before (output notebook ->
     job id), into ``record``: each under the run key of the task of this call it trains, as its own pickle
     (``<job>_submitted.pkl``, read through :func:`read_trusted`) says, never by its notebook's path alone, which

@@ -110,7 +110,7 @@ class Sweep:
 
 
 @dataclass
-class Task:
+class RunNotebook:
     """One run still to train: its notebook's parameters and where the executed notebook goes."""
 
     spec: RunSpec
@@ -121,6 +121,10 @@ class Task:
     @property
     def name(self) -> str:
         return self.out.name
+
+
+Task = RunNotebook
+""":class:`RunNotebook`'s name in earlier versions, kept: the Slurm pickles they queued name ``vaehelpers.sweep.Task``."""
 
 
 def up_to_date(executed: Path, source: Path, parameters: dict) -> bool:
