@@ -77,10 +77,10 @@ def missing_part(reason: str):
 def _one_kernel_cache(tmp_path_factory):
     """One TorchInductor kernel cache for the whole test run (vaehelpers.step.use_kernel_cache keeps a folder the
     environment names): a compile test loads the kernels an earlier one compiled, in seconds, not again."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from vaehelpers.torch_private import inductor_default_cache_dir
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # importing parts of PyTorch sets it to the default
-    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(inductor_default_cache_dir()):
         shared = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
         (shared / "inductor").mkdir(exist_ok=True)  # under xdist, one folder for all workers (beside their own)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(shared / "inductor")

@@ -113,14 +113,13 @@ def test_the_probe_times_a_compiled_step_where_the_run_is_long_enough(tmp_path):
 
 
 def test_the_kernels_are_kept_in_the_cache_folder_unless_the_environment_names_another(tmp_path, monkeypatch):
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     from vaehelpers.step import use_kernel_cache
+    from vaehelpers.torch_private import inductor_default_cache_dir
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     use_kernel_cache(tmp_path / "a")  # unset: the runs' cache folder, which later processes inherit
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a")
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing parts of PyTorch sets
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_default_cache_dir())  # what importing parts of PyTorch sets
     use_kernel_cache(tmp_path / "b")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "chosen"))  # the user's (or the test run's) own

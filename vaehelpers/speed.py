@@ -35,6 +35,7 @@ import torch
 
 from .files import locked, write_atomic
 from .step import compiled_encode_decode, compiler_missing, encode_decode, model_for_timing, timed_steps
+from .torch_private import cpu_has_amx_tile, cpu_has_avx512_bf16
 
 Precision = Literal["bf16", "fp32"]
 BF16_GAIN = 1.15
@@ -74,7 +75,7 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_flags_native_bf16() -> bool:
     """What the CPU's own flags say of bf16 (AVX512-BF16 or AMX), whatever ``VAEHELPERS_NATIVE_BF16`` says."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return cpu_has_avx512_bf16() or cpu_has_amx_tile()
 
 
 def device_name(device: torch.device) -> str:
