@@ -43,7 +43,7 @@ def test_the_report_step_finds_the_runs_a_node_trained_in_another_precision_and_
         fit(RunConfig(kl_weight=weight, precision="fp32", **TINY), runs_dir=runs, progress=False, device="cpu")
     # The login node's "auto" would choose bf16 (native there, and twice as fast), and train everything again.
     monkeypatch.setenv(speed.NATIVE_BF16_ENV, "1")
-    monkeypatch.setattr(speed, "measure", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))
+    monkeypatch.setattr(speed, "measure_rates", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))
     assert train.decide(RunConfig(kl_weight=10.0, **TINY), resolve_device("cpu"), RunConfig(**TINY).load_images(),
                         runs).precision == "bf16"
 

@@ -80,14 +80,14 @@ def test_the_probe_measures_once_records_its_rates_and_reuses_them(tmp_path, mon
     assert "compiled" not in "".join(saved["rates"])  # a run of seconds: not worth a compile, none measured
     assert f"{first.rate:,.0f} images/s" in first.why and "too short for a compile to pay" in first.why
 
-    real = speed.measure
+    real = speed.measure_rates
 
     def no_second_measurement(*args, **kwargs):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(speed, "measure", no_second_measurement)
+    monkeypatch.setattr(speed, "measure_rates", no_second_measurement)
     assert choose_step(cfg, CPU, 108, tmp_path) == first  # stable: noise cannot flip it between two commands
-    monkeypatch.setattr(speed, "measure", real)
+    monkeypatch.setattr(speed, "measure_rates", real)
     for damaged in ("{damaged", "[]", "null", json.dumps(dict(saved, rates={"fp32": None}))):
         record.write_text(damaged)  # a damaged record is measured again, not trusted
         assert choose_step(cfg, CPU, 108, tmp_path).precision in speed.precisions_here(CPU)
@@ -151,7 +151,7 @@ def test_a_run_that_exists_keeps_its_precision_whatever_the_probe_says(tmp_path,
     other = fit(runs_dir=runs, progress=False, **dict(TINY, precision="fp32"))  # both precisions there, one cut:
     (other.dir / "checkpoint.pt").write_bytes(b"damaged")  # the finished one is the run auto means
     assert fit(runs_dir=runs, progress=False, **TINY).dir == finished.dir
-    monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("a finished run measured"))
+    monkeypatch.setattr(speed, "measure_rates", lambda *a, **k: pytest.fail("a finished run measured"))
     assert decide(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), runs).why == "the run is finished"
 
 
@@ -188,8 +188,8 @@ def test_a_report_decides_once_and_passes_the_decision_to_every_run(tmp_path, mo
     from vaehelpers.sweep import Sweep
 
     calls = []
-    real = speed.measure
-    monkeypatch.setattr(speed, "measure", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = speed.measure_rates
+    monkeypatch.setattr(speed, "measure_rates", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     specs = Sweep(seeds=(0, 1)).runs()
     configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed, **TINY)
                for spec in specs}
@@ -205,7 +205,7 @@ def test_a_report_decides_once_and_passes_the_decision_to_every_run(tmp_path, mo
 def test_a_resumed_run_keeps_the_step_it_started_with(tmp_path, monkeypatch):
     monkeypatch.setattr(speed, "COMPILE_WORTH_S", 0.0)  # this tiny run is worth a compile, and it pays:
     rates = {"fp32": 100.0, "fp32 compiled": 1000.0, "bf16": 50.0, "bf16 compiled": 60.0}
-    monkeypatch.setattr(speed, "measure", fixed_rates(rates, compile_s=0.0))
+    monkeypatch.setattr(speed, "measure_rates", fixed_rates(rates, compile_s=0.0))
     whole = fit(runs_dir=tmp_path / "whole", progress=False, compiled=False, **TINY)
 
     with pytest.raises(KeyboardInterrupt):  # started eagerly (as every run before compiling was)

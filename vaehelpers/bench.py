@@ -79,7 +79,7 @@ def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[
     choice can be checked against the fastest for the shape's run, its compile included."""
     from .params import ASSIGNMENT, QUICK
     from .cache import default_cache_dir
-    from .speed import Shape, choose_step, measure, precisions_here
+    from .speed import Shape, choose_step, measure_rates, precisions_here
     from .step import compiler_missing
     from .store import RunConfig
     from .local import local_workers
@@ -98,7 +98,7 @@ def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[
             choice = choose_step(cfg, dev, train_images)
             candidates = [f"{p}{c}" for p in precisions_here(dev)
                           for c in ("", " compiled")[:1 if compiler_missing(dev) else 2]]
-            fresh = measure(dev, Shape.of(cfg), candidates, default_cache_dir() / "inductor", rounds=5)
+            fresh = measure_rates(dev, Shape.of(cfg), candidates, default_cache_dir() / "inductor", rounds=5)
             threads_now = torch.get_num_threads()
         finally:
             torch.set_num_threads(previous)

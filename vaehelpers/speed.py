@@ -190,7 +190,7 @@ def probe_key(device: torch.device, shape: Shape) -> dict:
             "compiler": compiler_missing(device) is None, "version": PROBE_VERSION}
 
 
-def measure(device: torch.device, shape: Shape, candidates: list[str], cache_dir: Path, rounds: int = 3,
+def measure_rates(device: torch.device, shape: Shape, candidates: list[str], cache_dir: Path, rounds: int = 3,
             seconds: float = 0.5) -> Probe:
     """Time each candidate ("fp32", "bf16 compiled", ...) on the shape's model, interleaved over ``rounds`` rounds
     of about ``seconds`` each (the median kept); a compiled candidate's compile is timed in a new process."""
@@ -270,12 +270,12 @@ def choose_step(cfg, device: torch.device, train_images: int, cache_dir: str | o
         probe = _read(record, key)
         precisions = [p for p in key["precisions"] if cfg.precision in ("auto", p)]
         missing = [p for p in precisions if p not in probe.rates]
-        changed = _keep_new(probe, measure(device, shape, missing, cache / "inductor")) if missing else False
+        changed = _keep_new(probe, measure_rates(device, shape, missing, cache / "inductor")) if missing else False
         p = probe.choose(images, device, cfg.precision, compiled=False).precision  # from the eager rates
         if compiled is not False and f"{p} compiled" not in probe.rates and key["compiler"] and \
                 probe.no_compile is None and images / probe.rates[p] >= COMPILE_WORTH_S:
             # the chosen precision compiled, side by side with its eager step; only the new rate is kept
-            changed = _keep_new(probe, measure(device, shape, [p, f"{p} compiled"], cache / "inductor")) or changed
+            changed = _keep_new(probe, measure_rates(device, shape, [p, f"{p} compiled"], cache / "inductor")) or changed
         if changed:
             try:
                 write_atomic(record, json.dumps(asdict(probe), indent=1).encode())
