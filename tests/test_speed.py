@@ -13,7 +13,7 @@ import torch
 from vaehelpers import speed
 from vaehelpers.speed import BF16_GAIN, Probe, Shape, choose_step, probe_key
 from vaehelpers.store import RunConfig, load_run
-from vaehelpers.train import decide, fit
+from vaehelpers.train import decide_step, fit
 
 from conftest import fixed_rates, interrupt_at, without_time
 
@@ -152,7 +152,7 @@ def test_a_run_that_exists_keeps_its_precision_whatever_the_probe_says(tmp_path,
     (other.dir / "checkpoint.pt").write_bytes(b"damaged")  # the finished one is the run auto means
     assert fit(runs_dir=runs, progress=False, **TINY).dir == finished.dir
     monkeypatch.setattr(speed, "measure_rates", lambda *a, **k: pytest.fail("a finished run measured"))
-    assert decide(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), runs).why == "the run is finished"
+    assert decide_step(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), runs).why == "the run is finished"
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: TorchInductor cannot compile CPU kernels here")
@@ -193,7 +193,7 @@ def test_a_report_decides_once_and_passes_the_decision_to_every_run(tmp_path, mo
     specs = Sweep(seeds=(0, 1)).runs()
     configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed, **TINY)
                for spec in specs}
-    choices = build.decide_all(configs, CPU, tmp_path / "runs", 1, None)
+    choices = build.decide_steps(configs, CPU, tmp_path / "runs", 1, None)
     assert calls == [["fp32", "bf16"] if "bf16" in speed.precisions_here(CPU) else ["fp32"]]  # once, 12 runs
     assert {(c.precision, c.compiled) for c in choices.values()} == {("fp32", False)}
     assert "1 thread" in next(iter(choices.values())).why  # measured with the threads each run gets
@@ -211,7 +211,8 @@ def test_a_resumed_run_keeps_the_step_it_started_with(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):  # started eagerly (as every run before compiling was)
         fit(runs_dir=tmp_path / "cut", progress=False, compiled=False, on_epoch_end=interrupt_at(), checkpoint_every=0,
             **TINY)
-    assert decide(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), tmp_path / "new").compiled  # the probe's
+    assert decide_step(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(),
+                       tmp_path / "new").compiled  # the probe's
     resumed = fit(runs_dir=tmp_path / "cut", progress=False, **TINY)
     assert json.loads((resumed.dir / "config.json").read_text())["compiled"] is False
     assert without_time(resumed.history) == without_time(whole.history)  # resumed eagerly, exactly

@@ -26,7 +26,9 @@ from .execute import execute_notebook, show_notebook_output
 from .local import local_workers, run_local
 from .slurm import SlurmOptions, run_slurm
 from .sweep import NOTEBOOKS, Executor, RunSpec, Sweep, SweepFailed, Task, estimate_seconds, up_to_date
-from .train import decide, finished_run, resolve_device
+from .devices import resolve_device
+from .lookup import finished_run
+from .train import decide_step
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -51,7 +53,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     executor's (default: from the cores and the model's size, :func:`~vaehelpers.local.local_workers`).
     ``checkpoint_every``: seconds between two writes of a run's files (default 30).
     ``compiled``: compile every run's training step (True), never (False), or where it pays (None). Here the
-    precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide`) and passed to each run
+    precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide_step`) and passed to each run
     notebook; with Slurm, each task decides on its node, and the report finds the runs the tasks trained.
     ``pdf``: also export the PDF (where LaTeX is installed).
     Returns the paths written (``pdf`` None where LaTeX is missing or not asked for), or None where Slurm tasks were submitted
@@ -84,7 +86,7 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
         workers = min(asked_workers or auto_workers, max(1, len(training)))
         threads = threads or (auto_threads if workers > 1 else 0)
     try:
-        choices = decide_all(configs, dev, runs_path, threads or 0, compiled) if executor == "local" else {}
+        choices = decide_steps(configs, dev, runs_path, threads or 0, compiled) if executor == "local" else {}
     except ValueError as e:  # compiled asked for where no compiler is
         raise ParameterError(str(e)) from None
     configs = {spec: replace(cfg, precision=choices[spec].precision) if choices else cfg
@@ -142,15 +144,15 @@ def build_report(out_dir: str | Path = "reports", runs_dir: str | Path = "runs",
     return {"html": html, "pdf": written, "notebook": out / "report.ipynb"}
 
 
-def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
-               compiled: bool | None) -> dict[RunSpec, Choice]:
+def decide_steps(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
+                 compiled: bool | None) -> dict[RunSpec, Choice]:
     """Each run's precision and step, decided once for the command with the threads each run will have (the
-    speed probe measures at most once per machine and shape; :func:`~vaehelpers.train.decide`)."""
+    speed probe measures at most once per machine and shape; :func:`~vaehelpers.train.decide_step`)."""
     data = next(iter(configs.values())).load_images()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        return {spec: decide(cfg, dev, data, runs_dir, compiled=compiled) for spec, cfg in configs.items()}
+        return {spec: decide_step(cfg, dev, data, runs_dir, compiled=compiled) for spec, cfg in configs.items()}
     finally:
         torch.set_num_threads(previous)
 
