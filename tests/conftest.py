@@ -77,10 +77,10 @@ def missing_part(reason: str):
 def _one_kernel_cache(tmp_path_factory):
     """One TorchInductor kernel cache for the whole test run (vaehelpers.step.use_kernel_cache keeps a folder the
     environment names): a compile test loads the kernels an earlier one compiled, in seconds, not again."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from vaehelpers.torch_private import inductor_default_cache_dir
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # importing parts of PyTorch sets it to the default
-    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(inductor_default_cache_dir()):
         shared = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
         (shared / "inductor").mkdir(exist_ok=True)  # under xdist, one folder for all workers (beside their own)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(shared / "inductor")
@@ -103,21 +103,21 @@ decide (notebook kernels given precision "auto", Slurm tasks): those see the sam
 
 
 def fixed_rates(rates: dict, compile_s: float = 2.0):
-    """A stand-in for :func:`vaehelpers.speed.measure` that "measures" ``rates``."""
-    def measure(device, shape, candidates, cache_dir, rounds=3, seconds=0.5):
+    """A stand-in for :func:`vaehelpers.speed.measure_rates` that "measures" ``rates``."""
+    def measure_rates(device, shape, candidates, cache_dir, rounds=3, seconds=0.5):
         probe = speed.Probe(speed.probe_key(device, shape))
         probe.rates.update({c: rates[c] for c in candidates if c in rates})
         probe.compile_s.update({c.split()[0]: compile_s for c in candidates if "compiled" in c})
         return probe
 
-    return measure
+    return measure_rates
 
 
 @pytest.fixture(autouse=True)
 def _fixed_speed_probe(request, monkeypatch):
     if request.node.get_closest_marker("real_probe"):
         return
-    monkeypatch.setattr(speed, "measure", fixed_rates(FIXED_RATES))
+    monkeypatch.setattr(speed, "measure_rates", fixed_rates(FIXED_RATES))
 
 
 def without_time(history: dict) -> dict:
@@ -147,7 +147,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     torch.set_num_threads(THREADS)
     with pytest.MonkeyPatch.context() as patch:  # set up before any test's own fixtures: the stand-in probe here too
-        patch.setattr(speed, "measure", fixed_rates(FIXED_RATES))
+        patch.setattr(speed, "measure_rates", fixed_rates(FIXED_RATES))
         assert main(["report", *TINY, "--runs-dir", str(root / "runs"), "--out", str(root / "out")]) == 0
     return root / "out"
 
@@ -177,7 +177,7 @@ def two_runs(tmp_path_factory) -> TwoRuns:
     runs, cache = root / "runs", root / "cache"
     torch.set_num_threads(THREADS)
     with pytest.MonkeyPatch.context() as patch:  # set up before any test's own fixtures: the stand-in probe here too
-        patch.setattr(speed, "measure", fixed_rates(FIXED_RATES))
+        patch.setattr(speed, "measure_rates", fixed_rates(FIXED_RATES))
         kl1, kl0 = (fit(kl_weight=w, runs_dir=runs, cache_dir=cache, progress=False, **TWO_RUNS) for w in (1.0, 0.0))
         with pytest.raises(KeyboardInterrupt):  # an unfinished run, which the explorer does not offer
             fit(seed=1, runs_dir=runs, cache_dir=cache, progress=False, on_epoch_end=interrupt_at(1),

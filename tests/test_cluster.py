@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from vaehelpers import report as report_module
-from vaehelpers import speed, train
+from vaehelpers import devices, speed, train
 from vaehelpers.__main__ import main
 from vaehelpers.files import write_atomic
 from vaehelpers.local import run_local
@@ -31,7 +31,8 @@ from vaehelpers.slurm_record import RecordDamaged, read_record, run_key
 from vaehelpers.trust import Untrusted
 from vaehelpers.store import RunConfig
 from vaehelpers.sweep import RunSpec, RunNotebook
-from vaehelpers.train import GPUUnusable, fit, resolve_device
+from vaehelpers.devices import GPUUnusable, resolve_device
+from vaehelpers.train import fit
 
 from conftest import fixed_rates, interrupt_at
 
@@ -45,9 +46,9 @@ def test_the_report_step_finds_the_runs_a_node_trained_in_another_precision_and_
         fit(RunConfig(kl_weight=weight, precision="fp32", **TINY), runs_dir=runs, progress=False, device="cpu")
     # The login node's "auto" would choose bf16 (native there, and twice as fast), and train everything again.
     monkeypatch.setenv(speed.NATIVE_BF16_ENV, "1")
-    monkeypatch.setattr(speed, "measure", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))
-    assert train.decide(RunConfig(kl_weight=10.0, **TINY), resolve_device("cpu"), RunConfig(**TINY).load_images(),
-                        runs).precision == "bf16"
+    monkeypatch.setattr(speed, "measure_rates", fixed_rates({"fp32": 500.0, "bf16": 1000.0}))
+    assert train.decide_step(RunConfig(kl_weight=10.0, **TINY), resolve_device("cpu"), RunConfig(**TINY).load_images(),
+                             runs).precision == "bf16"
 
     def no_training(*args, **kwargs):
         raise AssertionError("the report step trained a run")
@@ -208,7 +209,7 @@ def test_auto_stops_where_an_nvidia_driver_is_loaded_but_pytorch_cannot_use_its_
     version = tmp_path / "version"
     version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
                        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
-    monkeypatch.setattr(train, "NVIDIA_DRIVER", version)
+    monkeypatch.setattr(devices, "NVIDIA_DRIVER", version)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cuda = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
     with pytest.raises(GPUUnusable, match=rf"found NVIDIA driver 535\.104\.05 but PyTorch cannot use its GPU \(PyTorch "

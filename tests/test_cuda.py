@@ -31,13 +31,13 @@ def cuda_run(tmp_path_factory):
 
 def test_fit_on_cuda_keeps_the_images_on_the_gpu_and_trains_in_bf16(tmp_path, monkeypatch):
     seen = []
-    real_epoch = train._train_epoch
+    real_epoch = train.train_epoch
 
     def spy(model, optimizer, images, *args):
         seen.append((images.device.type, images.dtype, next(model.parameters()).device.type))
         return real_epoch(model, optimizer, images, *args)
 
-    monkeypatch.setattr(train, "_train_epoch", spy)
+    monkeypatch.setattr(train, "train_epoch", spy)
     run = fit(runs_dir=tmp_path, device="cuda", progress=False, **TINY)
     assert seen == [("cuda", torch.uint8, "cuda")] * TINY["epochs"]
     assert run.config.precision == "bf16" and run.info["device"].startswith("cuda") and "_bf16_" in run.dir.name

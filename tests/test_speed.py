@@ -13,7 +13,7 @@ import torch
 from vaehelpers import speed
 from vaehelpers.speed import BF16_GAIN, Probe, Shape, choose_step, probe_key
 from vaehelpers.store import RunConfig, load_run
-from vaehelpers.train import decide, fit
+from vaehelpers.train import decide_step, fit
 
 from conftest import fixed_rates, interrupt_at, without_time
 
@@ -80,14 +80,14 @@ def test_the_probe_measures_once_records_its_rates_and_reuses_them(tmp_path, mon
     assert "compiled" not in "".join(saved["rates"])  # a run of seconds: not worth a compile, none measured
     assert f"{first.rate:,.0f} images/s" in first.why and "too short for a compile to pay" in first.why
 
-    real = speed.measure
+    real = speed.measure_rates
 
     def no_second_measurement(*args, **kwargs):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(speed, "measure", no_second_measurement)
+    monkeypatch.setattr(speed, "measure_rates", no_second_measurement)
     assert choose_step(cfg, CPU, 108, tmp_path) == first  # stable: noise cannot flip it between two commands
-    monkeypatch.setattr(speed, "measure", real)
+    monkeypatch.setattr(speed, "measure_rates", real)
     for damaged in ("{damaged", "[]", "null", json.dumps(dict(saved, rates={"fp32": None}))):
         record.write_text(damaged)  # a damaged record is measured again, not trusted
         assert choose_step(cfg, CPU, 108, tmp_path).precision in speed.precisions_here(CPU)
@@ -113,14 +113,13 @@ def test_the_probe_times_a_compiled_step_where_the_run_is_long_enough(tmp_path):
 
 
 def test_the_kernels_are_kept_in_the_cache_folder_unless_the_environment_names_another(tmp_path, monkeypatch):
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     from vaehelpers.step import use_kernel_cache
+    from vaehelpers.torch_private import inductor_default_cache_dir
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     use_kernel_cache(tmp_path / "a")  # unset: the runs' cache folder, which later processes inherit
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a")
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing parts of PyTorch sets
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_default_cache_dir())  # what importing parts of PyTorch sets
     use_kernel_cache(tmp_path / "b")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "chosen"))  # the user's (or the test run's) own
@@ -152,8 +151,8 @@ def test_a_run_that_exists_keeps_its_precision_whatever_the_probe_says(tmp_path,
     other = fit(runs_dir=runs, progress=False, **dict(TINY, precision="fp32"))  # both precisions there, one cut:
     (other.dir / "checkpoint.pt").write_bytes(b"damaged")  # the finished one is the run auto means
     assert fit(runs_dir=runs, progress=False, **TINY).dir == finished.dir
-    monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("a finished run measured"))
-    assert decide(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), runs).why == "the run is finished"
+    monkeypatch.setattr(speed, "measure_rates", lambda *a, **k: pytest.fail("a finished run measured"))
+    assert decide_step(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), runs).why == "the run is finished"
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++: TorchInductor cannot compile CPU kernels here")
@@ -189,12 +188,12 @@ def test_a_report_decides_once_and_passes_the_decision_to_every_run(tmp_path, mo
     from vaehelpers.sweep import Sweep
 
     calls = []
-    real = speed.measure
-    monkeypatch.setattr(speed, "measure", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = speed.measure_rates
+    monkeypatch.setattr(speed, "measure_rates", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     specs = Sweep(seeds=(0, 1)).runs()
     configs = {spec: run_config(kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed, **TINY)
                for spec in specs}
-    choices = build.decide_all(configs, CPU, tmp_path / "runs", 1, None)
+    choices = build.decide_steps(configs, CPU, tmp_path / "runs", 1, None)
     assert calls == [["fp32", "bf16"] if "bf16" in speed.precisions_here(CPU) else ["fp32"]]  # once, 12 runs
     assert {(c.precision, c.compiled) for c in choices.values()} == {("fp32", False)}
     assert "1 thread" in next(iter(choices.values())).why  # measured with the threads each run gets
@@ -206,13 +205,14 @@ def test_a_report_decides_once_and_passes_the_decision_to_every_run(tmp_path, mo
 def test_a_resumed_run_keeps_the_step_it_started_with(tmp_path, monkeypatch):
     monkeypatch.setattr(speed, "COMPILE_WORTH_S", 0.0)  # this tiny run is worth a compile, and it pays:
     rates = {"fp32": 100.0, "fp32 compiled": 1000.0, "bf16": 50.0, "bf16 compiled": 60.0}
-    monkeypatch.setattr(speed, "measure", fixed_rates(rates, compile_s=0.0))
+    monkeypatch.setattr(speed, "measure_rates", fixed_rates(rates, compile_s=0.0))
     whole = fit(runs_dir=tmp_path / "whole", progress=False, compiled=False, **TINY)
 
     with pytest.raises(KeyboardInterrupt):  # started eagerly (as every run before compiling was)
         fit(runs_dir=tmp_path / "cut", progress=False, compiled=False, on_epoch_end=interrupt_at(), checkpoint_every=0,
             **TINY)
-    assert decide(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(), tmp_path / "new").compiled  # the probe's
+    assert decide_step(RunConfig(**TINY), CPU, RunConfig(**TINY).load_images(),
+                       tmp_path / "new").compiled  # the probe's
     resumed = fit(runs_dir=tmp_path / "cut", progress=False, **TINY)
     assert json.loads((resumed.dir / "config.json").read_text())["compiled"] is False
     assert without_time(resumed.history) == without_time(whole.history)  # resumed eagerly, exactly

@@ -19,7 +19,7 @@ from PIL import Image
 from .data import load_images
 from .faces import make_faces
 from .model import ConvVAE
-from .train import resolve_device
+from .devices import resolve_device
 
 
 def _timed(fn):
@@ -79,7 +79,7 @@ def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[
     choice can be checked against the fastest for the shape's run, its compile included."""
     from .params import ASSIGNMENT, QUICK
     from .cache import default_cache_dir
-    from .speed import Shape, choose_step, measure, precisions_here
+    from .speed import Shape, choose_step, measure_rates, precisions_here
     from .step import compiler_missing
     from .store import RunConfig
     from .local import local_workers
@@ -98,7 +98,7 @@ def bench_training(device: str = "auto", shapes: tuple[dict, ...] = ()) -> list[
             choice = choose_step(cfg, dev, train_images)
             candidates = [f"{p}{c}" for p in precisions_here(dev)
                           for c in ("", " compiled")[:1 if compiler_missing(dev) else 2]]
-            fresh = measure(dev, Shape.of(cfg), candidates, default_cache_dir() / "inductor", rounds=5)
+            fresh = measure_rates(dev, Shape.of(cfg), candidates, default_cache_dir() / "inductor", rounds=5)
             threads_now = torch.get_num_threads()
         finally:
             torch.set_num_threads(previous)
@@ -126,7 +126,7 @@ def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
     * homework: torchvision's ``ImageFolder`` with ``Resize`` and ``ToTensor`` each epoch, ``DataLoader`` with
       2 worker processes, plain ``torch.optim.Adam``, fp32, eager, images in PyTorch's default layout;
     * this project: the folder decoded once into the data cache, uint8 batches in memory, channels-last, fused
-      Adam, and the precision and step ``auto`` chooses (:func:`~vaehelpers.train.decide`).
+      Adam, and the precision and step ``auto`` chooses (:func:`~vaehelpers.train.decide_step`).
 
     Each is timed on one epoch after a warm-up epoch (which includes the compile, where there is one)."""
     from torch.utils.data import DataLoader
@@ -135,9 +135,9 @@ def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
     from torchvision.datasets import ImageFolder
 
     from .objective import vae_loss
-    from .store import RunConfig
-    from .step import compiled_encode_decode
-    from .train import _train_epoch, adam, build_model, decide
+    from .store import RunConfig, build_model
+    from .step import adam, compiled_encode_decode
+    from .train import decide_step, train_epoch
 
     dev = resolve_device(device)
     faces, _ = make_faces(n_images, seed=0)
@@ -169,7 +169,7 @@ def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
                 seconds.append(time.perf_counter() - started)
             homework = n_images / seconds[1]
 
-            choice = decide(cfg, dev, data, Path(tmp) / "runs", cache_dir=Path(tmp) / "cache")
+            choice = decide_step(cfg, dev, data, Path(tmp) / "runs", cache_dir=Path(tmp) / "cache")
             cfg = replace(cfg, precision=choice.precision)
             model = build_model(cfg).to(dev, memory_format=torch.channels_last)
             optimizer = adam(model, cfg.lr)
@@ -180,7 +180,7 @@ def bench_homework(device: str = "auto", base_channels: tuple[int, ...] = (16, 3
             for epoch in (1, 2):
                 started = time.perf_counter()
                 with tqdm(disable=True) as bar:
-                    _train_epoch(model, optimizer, images, cfg, shuffle, noise, bar, epoch, passes)
+                    train_epoch(model, optimizer, images, cfg, shuffle, noise, bar, epoch, passes)
                 seconds.append(time.perf_counter() - started)
             ours = len(images) / seconds[1]
             lines.append(f"base_channels={channels}, batch {batch}, {torch.get_num_threads()} threads, {n_images:,} PNG "

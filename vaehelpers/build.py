@@ -27,7 +27,9 @@ from .execute import execute_notebook, show_notebook_output
 from .local import local_workers, run_local
 from .slurm import SlurmOptions, run_slurm
 from .sweep import NOTEBOOKS, Executor, RunSpec, Sweep, SweepFailed, RunNotebook, estimate_seconds, up_to_date
-from .train import decide, finished_run, resolve_device
+from .devices import resolve_device
+from .lookup import finished_run
+from .train import decide_step
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -76,7 +78,7 @@ def build_report(sweep: Sweep, settings: dict, training: Training | None = None,
     HTML and, with ``pdf`` and where LaTeX is installed, PDF.
 
     ``settings`` are :class:`RunConfig` fields every run shares (data, epochs, lr, ...; :meth:`Sweep.of`). Here the
-    precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide`) and passed to each run
+    precision ("auto") and the step are decided once (:func:`~vaehelpers.train.decide_step`) and passed to each run
     notebook; with Slurm, each task decides on its node, and the report finds the runs the tasks trained.
     Returns the paths written (``pdf`` None where LaTeX is missing or not asked for), or None where Slurm tasks were
     submitted without waiting. Raises :class:`~vaehelpers.sweep.SweepFailed` naming the runs that failed.
@@ -136,11 +138,11 @@ def _data_resolved(settings: dict) -> dict:
 
 def _decided(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
              training: Training) -> dict[RunSpec, Choice]:
-    """Local: each run's precision and step (:func:`decide_all`); with Slurm each task decides on its node."""
+    """Local: each run's precision and step (:func:`decide_steps`); with Slurm each task decides on its node."""
     if training.executor != "local":
         return {}
     try:
-        return decide_all(configs, dev, runs_dir, threads, training.compiled)
+        return decide_steps(configs, dev, runs_dir, threads, training.compiled)
     except ValueError as e:  # compiled asked for where no compiler is
         raise ParameterError(str(e)) from None
 
@@ -207,15 +209,15 @@ def _rendered_since(paths: dict[str, Path], source: Path, parameters: dict, sinc
     return info.get("parameters") == parameters and not info.get("exception")
 
 
-def decide_all(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
-               compiled: bool | None) -> dict[RunSpec, Choice]:
+def decide_steps(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,
+                 compiled: bool | None) -> dict[RunSpec, Choice]:
     """Each run's precision and step, decided once for the command with the threads each run will have (the
-    speed probe measures at most once per machine and shape; :func:`~vaehelpers.train.decide`)."""
+    speed probe measures at most once per machine and shape; :func:`~vaehelpers.train.decide_step`)."""
     data = next(iter(configs.values())).load_images()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        return {spec: decide(cfg, dev, data, runs_dir, compiled=compiled) for spec, cfg in configs.items()}
+        return {spec: decide_step(cfg, dev, data, runs_dir, compiled=compiled) for spec, cfg in configs.items()}
     finally:
         torch.set_num_threads(previous)
 

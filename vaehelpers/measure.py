@@ -28,7 +28,8 @@ from .board import write_measurements
 from .files import locked, write_atomic
 from .store import Run, run_generator
 from .decode import to_uint8
-from .train import evaluate, reconstruct, resolve_device
+from .devices import resolve_device
+from .train import evaluate, reconstruct
 
 CIRCULAR_FACTORS = ("hair_hue", "iris_hue", "background_hue")
 """Hues wrap around: a probe predicts their cosine and sine, and their R² is the mean of the two."""

@@ -17,7 +17,9 @@ from .errors import OneSentenceError
 from .files import ensure_writable, free_bytes, no_room
 from .objective import Likelihood
 from .store import RunConfig, run_bytes
-from .train import GPUUnusable, check_split, existing_precisions, existing_run, resolve_device
+from .devices import GPUUnusable, resolve_device
+from .lookup import existing_config, existing_precisions
+from .train import check_split
 
 PROJECT = Path(__file__).resolve().parent.parent
 ASSIGNMENT_WEIGHTS = (1.0, 100.0, 0.0)
@@ -127,7 +129,7 @@ def check_space(configs: list[RunConfig], runs_dir: Path, out_dir: Path, report_
         warnings.simplefilter("ignore")
         data = configs[0].load_images()
     def trained(cfg: RunConfig) -> bool:
-        found = existing_precisions(existing_run(cfg, runs_dir, data), runs_dir, data)
+        found = existing_precisions(existing_config(cfg, runs_dir, data), runs_dir, data)
         return bool(found) if cfg.precision == "auto" else cfg.precision in found
 
     todo = [cfg for cfg in configs if not trained(cfg)]

@@ -9,7 +9,8 @@ from .measure import measure_run
 from .params import check_report, project_path, run_config
 from .store import Run, Setting
 from .sweep import RunSpec, Sweep
-from .train import existing_precisions, existing_run, finished_run, fit
+from .lookup import existing_config, existing_precisions, finished_run
+from .train import fit
 
 
 @dataclass
@@ -45,7 +46,7 @@ def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str =
     measurements are reused). ``seeds`` and ``latent_dims`` default to ``settings``' seed and latent_dim.
 
     ``train_missing`` False (the build, after its executor trained the runs): every run is found by its identity
-    (a run of precision "auto" in whichever precision it was trained, :func:`~vaehelpers.train.finished_run`)
+    (a run of precision "auto" in whichever precision it was trained, :func:`~vaehelpers.lookup.finished_run`)
     and none is trained here; missing ones raise :class:`RunsMissing`, naming them."""
     sweep, settings = Sweep.of(kl_weights, sigma_vae, seeds, latent_dims, extra_seeds, **settings)
     check_report(list(sweep.kl_weights), device, seed=sweep.seed, latent_dim=sweep.latent_dim, **settings)
@@ -58,7 +59,7 @@ def load_report(kl_weights: list[float], sigma_vae: bool = True, runs_dir: str =
             runs[spec] = fit(cfg, runs_dir=project_path(runs_dir), device=device, progress="epochs")
         elif (done := finished_run(cfg, project_path(runs_dir), data := cfg.load_images())) is not None:
             runs[spec] = done
-        elif cfg.precision == "auto" and existing_run(cfg, project_path(runs_dir), data).precision == "auto" and \
+        elif cfg.precision == "auto" and existing_config(cfg, project_path(runs_dir), data).precision == "auto" and \
                 len(existing_precisions(cfg, project_path(runs_dir), data)) == 2:
             # finished in both precisions (bench --compare-precision trains both): the one "auto" chooses here,
             # which fit finds finished and trains nothing for

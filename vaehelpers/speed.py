@@ -35,6 +35,7 @@ import torch
 
 from .files import locked, write_atomic
 from .step import compiled_encode_decode, compiler_missing, encode_decode, model_for_timing, timed_steps
+from .torch_private import cpu_has_amx_tile, cpu_has_avx512_bf16
 
 Precision = Literal["bf16", "fp32"]
 BF16_GAIN = 1.15
@@ -74,7 +75,7 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_flags_native_bf16() -> bool:
     """What the CPU's own flags say of bf16 (AVX512-BF16 or AMX), whatever ``VAEHELPERS_NATIVE_BF16`` says."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return cpu_has_avx512_bf16() or cpu_has_amx_tile()
 
 
 def device_name(device: torch.device) -> str:
@@ -189,7 +190,7 @@ def probe_key(device: torch.device, shape: Shape) -> dict:
             "compiler": compiler_missing(device) is None, "version": PROBE_VERSION}
 
 
-def measure(device: torch.device, shape: Shape, candidates: list[str], cache_dir: Path, rounds: int = 3,
+def measure_rates(device: torch.device, shape: Shape, candidates: list[str], cache_dir: Path, rounds: int = 3,
             seconds: float = 0.5) -> Probe:
     """Time each candidate ("fp32", "bf16 compiled", ...) on the shape's model, interleaved over ``rounds`` rounds
     of about ``seconds`` each (the median kept); a compiled candidate's compile is timed in a new process."""
@@ -269,12 +270,12 @@ def choose_step(cfg, device: torch.device, train_images: int, cache_dir: str | o
         probe = _read(record, key)
         precisions = [p for p in key["precisions"] if cfg.precision in ("auto", p)]
         missing = [p for p in precisions if p not in probe.rates]
-        changed = _keep_new(probe, measure(device, shape, missing, cache / "inductor")) if missing else False
+        changed = _keep_new(probe, measure_rates(device, shape, missing, cache / "inductor")) if missing else False
         p = probe.choose(images, device, cfg.precision, compiled=False).precision  # from the eager rates
         if compiled is not False and f"{p} compiled" not in probe.rates and key["compiler"] and \
                 probe.no_compile is None and images / probe.rates[p] >= COMPILE_WORTH_S:
             # the chosen precision compiled, side by side with its eager step; only the new rate is kept
-            changed = _keep_new(probe, measure(device, shape, [p, f"{p} compiled"], cache / "inductor")) or changed
+            changed = _keep_new(probe, measure_rates(device, shape, [p, f"{p} compiled"], cache / "inductor")) or changed
         if changed:
             try:
                 write_atomic(record, json.dumps(asdict(probe), indent=1).encode())

@@ -21,6 +21,7 @@ import torch
 
 from .model import ConvVAE
 from .objective import VAELoss, vae_loss
+from .torch_private import has_triton, inductor_default_cache_dir
 
 EncodeDecode = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -79,8 +80,6 @@ def compiler_missing(device: torch.device) -> str | None:
         cxx = os.environ.get("CXX", "g++")
         return None if shutil.which(cxx) else f"no C++ compiler ({cxx}) for TorchInductor's CPU kernels"
     if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
         return None if has_triton() else "no Triton for TorchInductor's GPU kernels"
     return f"torch.compile is not used on {device.type}"
 
@@ -89,10 +88,8 @@ def use_kernel_cache(cache_dir: os.PathLike | str) -> None:
     """Keep TorchInductor's compiled kernels under ``cache_dir``, so that a second process loads them in seconds,
     unless ``TORCHINDUCTOR_CACHE_DIR`` names another folder than TorchInductor's default (which importing parts
     of PyTorch writes there). TorchInductor reads the variable at each use, and processes started later inherit it."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(inductor_default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
 
 

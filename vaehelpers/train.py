@@ -6,12 +6,15 @@ default) and after the last epoch, so that at GPU speed (epochs well under a sec
 writes do not dominate; on the CPU an interrupted run ends with the same history as an
 uninterrupted one. A loss that stops being finite stops the run with
 :class:`TrainingDiverged`; the last checkpoint stays and the run is not finished.
+
+Which device trains is decided in :mod:`vaehelpers.devices`, which run of a setting is already there is looked
+up in :mod:`vaehelpers.lookup`, and how fast each way of stepping is, measured in :mod:`vaehelpers.speed`; here
+:func:`decide_step` puts those together into the one decision a command passes down, and :func:`fit` trains.
 """
 
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import math
 import os
@@ -29,20 +32,19 @@ from .board import Board, recorded_steps
 from .cache import default_cache_dir
 from .data import ImageSet, batches, split_indices
 from .decode import to_uint8
+from .devices import resolve_device
+from .errors import OneSentenceError
 from .files import NotWritable, ensure_writable, locked, torch_save_atomic, write_atomic
+from .lookup import existing_config, finished_run, found_for
 from .model import ConvVAE
 from .objective import bits_per_dim, vae_loss
 from .speed import NATIVE_BF16_ENV, Choice, choose_step, cpu_has_native_bf16, native_bf16_told
-from .step import (EncodeDecode, adam, compiled_encode_decode, compiler_missing, encode_decode, train_step,  # noqa: F401
-                   training_rate)
+from .step import EncodeDecode, adam, compiled_encode_decode, compiler_missing, encode_decode, train_step, training_rate
 from .store import HISTORY_COLUMNS, TERMS, Run, RunConfig, build_model, history_csv, load_run, read_pt, run_generator
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(OneSentenceError, RuntimeError):
     """Training produced a loss that is not finite. IPython shows it as its one sentence."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"TrainingDiverged: {self}"]
 
 
 _clock = time.monotonic  # when the run's files were last written (replaced in tests)
@@ -70,78 +72,6 @@ def _emulation_rates(base_channels: int, image_size: int, latent_dim: int, batch
     """fp32 and bf16 training images/s of one model on this CPU, from two steps each: seconds, not minutes."""
     return tuple(training_rate(torch.device("cpu"), base_channels, p, batch_size, steps=2, warmup=1,  # type: ignore
                                image_size=image_size, latent_dim=latent_dim) for p in ("fp32", "bf16"))
-
-
-NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
-"""Where the loaded NVIDIA kernel driver states its version (replaced in tests by a file of their own)."""
-
-
-class GPUUnusable(RuntimeError):
-    """An NVIDIA driver is here but this PyTorch cannot use its GPU: ``auto`` stops rather than train on the CPU."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"GPUUnusable: {self}"]
-
-
-def nvidia_driver() -> str | None:
-    """The version of the NVIDIA driver loaded here (its /proc file, else ``nvidia-smi``), or None where none is."""
-    import re
-    import shutil
-    import subprocess
-
-    try:
-        text = NVIDIA_DRIVER.read_text()
-    except OSError:
-        text = ""
-    if text:
-        found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(r"\d+\.\d+(?:\.\d+)?", text)
-        return found.group(found.lastindex or 0) if found else text.splitlines()[0].strip()
-    if NVIDIA_DRIVER == Path("/proc/driver/nvidia/version") and shutil.which("nvidia-smi"):  # (tests: no fallback)
-        try:  # the tools without a loaded driver fail, printing their error on stdout: no driver then
-            done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        found = re.fullmatch(r"\s*(\d+(?:\.\d+)+)\s*(?:\n.*)?", done.stdout, re.S) if done.returncode == 0 else None
-        return found.group(1) if found else None
-    return None
-
-
-def _gpu_hidden() -> bool:
-    """Whether CUDA_VISIBLE_DEVICES hides every GPU on purpose (empty, -1, or Slurm's NoDevFiles)."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return value is not None and value.strip() in ("", "-1", "NoDevFiles")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; but where an NVIDIA driver is loaded and PyTorch
-    cannot use its GPU (a wheel built for a newer CUDA than the driver serves, or a CPU build), it raises
-    :class:`GPUUnusable` with the driver's version, the wheel's CUDA version and the fix, rather than train on
-    the CPU for hours without a word. ``"cpu"`` always works."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        driver = None if _gpu_hidden() else nvidia_driver()
-        if driver:
-            try:
-                torch.cuda.init()
-                reason = "it sees no GPU"
-            except (RuntimeError, AssertionError) as e:
-                reason = str(e).split(". ")[0].strip().rstrip(".")
-            wheel = (f"PyTorch {torch.__version__} is built for CUDA {torch.version.cuda}" if torch.version.cuda
-                     else f"PyTorch {torch.__version__} is a CPU build")
-            wheel_at_fault = not torch.version.cuda or any(w in reason.lower() for w in ("too old", "insufficient"))
-            fix = ("install a PyTorch build for this driver (README, \"A GPU PyTorch cannot use\")" if wheel_at_fault
-                   else "where the driver is older than the wheel's CUDA needs, install a PyTorch build for it (README, "
-                        "\"A GPU PyTorch cannot use\"); where this process may not use the GPU (a job given none), "
-                        "ask for one")
-            raise GPUUnusable(f"device 'auto' found NVIDIA driver {driver} but PyTorch cannot use its GPU ({wheel}; "
-                              f"PyTorch says: {reason}): {fix}, or pass device 'cpu' (--device cpu) to train on the "
-                              "CPU.")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -176,9 +106,9 @@ def reconstruct(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- training
 
 
-def _train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
-                 shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm,
-                 epoch: int, compiled: EncodeDecode | None = None) -> tuple[dict[str, float], list[float]]:
+def train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, cfg: RunConfig,
+                shuffle_gen: torch.Generator, noise_gen: torch.Generator, bar: tqdm,
+                epoch: int, compiled: EncodeDecode | None = None) -> tuple[dict[str, float], list[float]]:
     """One pass over the shuffled training images; returns the terms' means over the epoch, and the objectives
     of the mini-batches :func:`~vaehelpers.board.recorded_steps` names (kept on the device until the epoch ends).
     ``compiled``: the compiled pass (:func:`~vaehelpers.step.compiled_encode_decode`), for full batches; an epoch's
@@ -229,89 +159,26 @@ def check_split(data: ImageSet, cfg: RunConfig) -> tuple[torch.Tensor, torch.Ten
     return train_idx, val_idx
 
 
-def existing_precisions(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | str) -> list[str]:
-    """The precisions in which a run of ``cfg``'s other settings has a checkpoint under ``runs_dir``."""
-    return [p for p in ("bf16", "fp32")
-            if (Path(runs_dir) / replace(cfg, precision=p).run_name(data) / "checkpoint.pt").exists()]
-
-
-def existing_run(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | str) -> RunConfig:
-    """``cfg`` as the run of its settings under ``runs_dir`` is, wherever that was decided. Precision "auto" is
-    the precision of the one there is (finished or interrupted), or of two the finished one. A run named by its
-    data's path (trained before runs were named by their data's content) is found under its old name, where no
-    run is under the new one: ``data_identity`` 1."""
-    if isinstance(data, ImageSet) and cfg.data_identity == 2 and not cfg.data.startswith("builtin"):
-        old = replace(cfg, data_identity=1)
-        wanted = ("bf16", "fp32") if cfg.precision == "auto" else (cfg.precision,)
-        exists = lambda c: any((Path(runs_dir) / replace(c, precision=p).run_name(data) / "checkpoint.pt").exists()
-                               for p in wanted)  # noqa: E731
-        cfg = old if not exists(cfg) and exists(old) else cfg
-        if cfg.data_identity == 2 and not exists(cfg):  # the data renamed since: the run's name starts with its old name
-            cfg = _renamed(cfg, Path(runs_dir), data, wanted) or cfg
-    found = existing_precisions(cfg, runs_dir, data) if cfg.precision == "auto" else []
-    if len(found) == 2:
-        found = [p for p in found if _finished(Path(runs_dir) / replace(cfg, precision=p).run_name(data))]
-    return replace(cfg, precision=found[0]) if len(found) == 1 else cfg
-
-
-def _renamed(cfg: RunConfig, runs_dir: Path, data: ImageSet, precisions: tuple[str, ...]) -> RunConfig | None:
-    """``cfg`` with the data's path a run of its settings recorded, where that run's name differs from ``cfg``'s only
-    in its start: the same settings and data content (the name's hash), the data under another file name."""
-    for precision in precisions:
-        name = replace(cfg, precision=precision).run_name(data)
-        for folder in sorted(runs_dir.glob("*" + glob.escape(name[len(cfg.tag):]))):
-            if (folder / "checkpoint.pt").exists():
-                try:
-                    recorded = str(json.loads((folder / "config.json").read_text())["config"]["data"])
-                except (OSError, ValueError, KeyError, TypeError):  # damaged: load_run says so where it is read
-                    continue
-                if replace(cfg, data=recorded, precision=precision).run_name(data) == folder.name:
-                    return replace(cfg, data=recorded)
-    return None
-
-
-def _finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a finished run (one not there, or damaged, is not)."""
-    try:
-        return load_run(run_dir).finished
-    except (OSError, ValueError):  # no checkpoint yet; RunDamaged
-        return False
-
-
-def _found(run: Run, cfg: RunConfig) -> Run:
-    """A run found for ``cfg``, reading its images where ``cfg`` says they are now (a run named by the content of
-    data since moved or copied recorded the old path)."""
-    if run.config.data != cfg.data:
-        run.config = replace(run.config, data=cfg.data)
-    return run
-
-
-def finished_run(cfg: RunConfig, runs_dir: str | os.PathLike, data: ImageSet | str) -> Run | None:
-    """The finished run of ``cfg``'s settings under ``runs_dir`` (:func:`existing_run`), or None."""
-    settled = existing_run(cfg, runs_dir, data)
-    run_dir = Path(runs_dir) / settled.run_name(data)
-    if settled.precision == "auto" or not _finished(run_dir):
-        return None
-    return _found(load_run(run_dir), cfg)
-
-
-def decide(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str | os.PathLike,
-           cache_dir: str | os.PathLike | None = None, compiled: bool | None = None) -> Choice:
-    """How ``cfg`` trains on ``device`` here: the one decision a command makes and passes down.
+def decide_step(cfg: RunConfig, device: torch.device, data: ImageSet, runs_dir: str | os.PathLike,
+                cache_dir: str | os.PathLike | None = None, compiled: bool | None = None,
+                settled: RunConfig | None = None) -> Choice:
+    """How ``cfg`` trains on ``device`` here, its precision and its step (eager or compiled): the one decision a
+    command makes and passes down.
 
     A finished run is as it was trained. With precision "auto", a run of these settings already under ``runs_dir``
-    keeps the precision it was started in (:func:`existing_run`), so that no run trains twice because two
-    machines or commands would choose differently; the rest :func:`~vaehelpers.speed.choose_step` measures (once
-    per machine and shape). Raises ``ValueError`` where ``compiled`` is True and no compiler is here.
+    keeps the precision it was started in (:func:`~vaehelpers.lookup.existing_config`; ``settled``: its answer for
+    ``cfg`` where the caller has it already), so that no run trains twice because two machines or commands would
+    choose differently; the rest :func:`~vaehelpers.speed.choose_step` measures (once per machine and shape).
+    Raises ``ValueError`` where ``compiled`` is True and no compiler is here.
     """
     if compiled and compiler_missing(device):
         raise ValueError(f"compiled = True asks for torch.compile, but {compiler_missing(device)} is here: "
                          "install one (e.g. apt-get install g++) or leave compiled unset.")
     train_images = len(check_split(data, cfg)[0])
-    done = finished_run(cfg, runs_dir, data)
+    settled = settled if settled is not None else existing_config(cfg, runs_dir, data)
+    done = finished_run(cfg, runs_dir, data, settled)
     if done is not None:  # nothing to train, nothing to measure: as it was trained
         return Choice(done.config.precision, bool(done.info.get("compiled", False)), "the run is finished")  # type: ignore
-    settled = existing_run(cfg, runs_dir, data)
     choice = choose_step(settled, device, train_images, cache_dir, compiled)
     if settled is cfg:
         return choice
@@ -352,22 +219,22 @@ def fit(
     ``checkpoint_every``: the least number of seconds between two writes of the run's files
     (0: after every epoch); the last epoch is always written.
     ``events``: write TensorBoard events into the run's folder while it trains (:mod:`vaehelpers.board`).
-    ``precision="auto"`` and ``compiled=None`` (compile the step where it pays) are decided by :func:`decide`;
+    ``precision="auto"`` and ``compiled=None`` (compile the step where it pays) are decided by :func:`decide_step`;
     whether the step was compiled is not part of the run's identity (it changes only the rounding).
     """
     cfg = cfg if cfg is not None else RunConfig(**settings)
     dev = resolve_device(device)
     data = cfg.load_images(cache_dir)
     check_split(data, cfg)
-    asked, cfg = cfg, existing_run(cfg, runs_dir, data)
+    asked, cfg = cfg, existing_config(cfg, runs_dir, data)  # the run's one lookup
     run_dir = Path(runs_dir) / cfg.run_name(data)
     _name_run_folder(run_dir)
     if cfg.precision != "auto" and (run_dir / "checkpoint.pt").exists():  # a finished run: reused, nothing measured
         with locked(run_dir / ".lock", f"the run {run_dir}"):
             done = load_run(run_dir)
             if done.finished:
-                return _found(done, asked)
-    choice = decide(cfg, dev, data, runs_dir, cache_dir, compiled)
+                return found_for(done, asked)
+    choice = decide_step(cfg, dev, data, runs_dir, cache_dir, compiled, settled=cfg)
     cfg = replace(cfg, precision=choice.precision)  # part of the run's identity
     run_dir = Path(runs_dir) / cfg.run_name(data)
     ensure_writable(run_dir, "the run's files")  # a read-only runs folder is said in one sentence
@@ -386,7 +253,7 @@ def fit(
             kernels = Path(cache_dir or default_cache_dir()) / "inductor"
             _train(cfg, data, run_dir, dev, done, progress, on_epoch_end, checkpoint_every, events,
                    compiled_encode_decode(kernels) if choice.compiled else None)
-        return _found(done if done is not None and done.finished else load_run(run_dir), asked)
+        return found_for(done if done is not None and done.finished else load_run(run_dir), asked)
 
 
 def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, done: Run | None,
@@ -446,7 +313,7 @@ def _train(cfg: RunConfig, data: ImageSet, run_dir: Path, dev: torch.device, don
         board = Board(run_dir, cfg, steps_per_epoch, history, snapshots) if events else None
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
-            train, step_objectives = _train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch,
+            train, step_objectives = train_epoch(model, optimizer, train_images, cfg, shuffle_gen, noise_gen, bar, epoch,
                                                   compiled)
             val = evaluate(model, val_images, cfg.kl_weight, run_generator(cfg, "validation", epoch, dev), cfg.likelihood)
             if not all(math.isfinite(v) for v in val.values()):  # a step that left the weights non-finite
