@@ -32,7 +32,11 @@ def three_runs(runs_dir: Path) -> list:
     """The finished runs of KL weights 1, 100 and 0 (fixed likelihood) that share every other setting."""
     groups: dict[tuple, dict] = {}
     for folder in sorted(p for p in runs_dir.iterdir() if (p / "checkpoint.pt").exists()):
-        run = load_run(folder)
+        try:
+            run = load_run(folder)
+        except ValueError as e:  # a damaged run folder (RunDamaged): said, and left out
+            print(f"left out: {e}", file=sys.stderr)
+            continue
         if not run.finished or run.config.likelihood != "fixed" or run.config.kl_weight not in WEIGHTS:
             continue
         shared = asdict(run.config)
