@@ -30,13 +30,20 @@ TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 PYTEST_ARGS ?=
 
-.PHONY: report test check lab board venv lock latex browser slurm clean
+.PHONY: report test check lab board picture venv lock latex browser slurm clean
 
 venv: $(VENV)/.installed
+
+# An environment the user has activated (a virtualenv other than $(VENV), or a conda env other than base) is not
+# the one make builds and uses: said in one line where make builds $(VENV) beside it (docs/install.md).
+ACTIVE_ENV_NOTE = Note: make builds its own $(VENV) from the lock and does not use the active environment $(ACTIVE_ENV); \
+	to use that one instead, keeping its torch: pip install -e '.[notebooks]', then python -m vaehelpers report (docs/install.md).
+ACTIVE_ENV := $(if $(VIRTUAL_ENV),$(filter-out $(abspath $(VENV)),$(abspath $(VIRTUAL_ENV))),$(if $(filter-out base,$(CONDA_DEFAULT_ENV)),$(CONDA_PREFIX)))
 
 # The locked packages, then the project itself without dependencies; pip check proves the lock complete.
 # In a git checkout, nbstripout becomes the notebooks' git filter, so outputs are never committed.
 $(VENV)/.installed: pyproject.toml $(LOCK)
+	$(if $(ACTIVE_ENV),@echo "$(ACTIVE_ENV_NOTE)")
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r $(LOCK)
 	$(PY) -m pip install --no-deps -e .
@@ -46,6 +53,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 # Refresh the lock after editing pyproject.toml: keeps the versions already locked, adds what is new;
 # `make lock UPGRADE=1` moves every package to the newest release allowed. pip-tools lives in .venv-lock.
+UPGRADE ?=
 lock:
 	test -x .venv-lock/bin/pip-compile || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q $(PIP_TOOLS); }
 	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
@@ -104,6 +112,10 @@ lab: $(VENV)/.installed
 PORT ?= 6006
 board: $(VENV)/.installed
 	$(PY) -m vaehelpers board --runs-dir runs --port $(PORT)
+
+# The README's picture (docs/three-settings.png) from the runs of a finished `make report`.
+picture: $(VENV)/.installed
+	$(PY) scripts/picture.py runs docs/three-settings.png
 
 clean:
 	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf test-artifacts

@@ -165,7 +165,7 @@ def test_a_compiled_run_matches_the_eager_one_and_resumes_exactly(tmp_path, prec
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # compiled, not silently eager
     assert json.loads((whole.dir / "config.json").read_text())["compiled"] is True
     assert whole.dir.name == eager.dir.name  # compiling changes only the rounding, not what the run is
-    tolerance = 1e-4 if precision == "fp32" else 2e-2  # relative; measured: README, "Speed"
+    tolerance = 1e-4 if precision == "fp32" else 2e-2  # relative; measured: docs/speed.md, "Measured"
     for column, values in without_time(eager.history).items():
         # bf16: a small term (the first epochs' KL, about 0.06-1.4 nats) may differ more, relatively, and is held
         # to 0.1 % of the -ELBO it is part of (an AVX2 CPU, which emulates bf16, measured it 2.45 %, 0.035 nats apart)

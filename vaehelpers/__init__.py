@@ -1,6 +1,6 @@
 """Train, measure and report convolutional VAEs on images.
 
-See the README for the conventions (nats per image, the Gaussian constant, bits/dim).
+See docs/model-and-measurements.md for the conventions (nats per image, the Gaussian constant, bits/dim).
 """
 
 from .data import ImageSet, load_images, split_indices

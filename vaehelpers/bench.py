@@ -1,4 +1,4 @@
-"""Measurements behind the README's figures: ``python -m vaehelpers bench``.
+"""Measurements behind the figures of docs/speed.md: ``python -m vaehelpers bench``.
 
 Times the built-in face generator, the first and the cached load of each kind of source
 (a folder of PNG files and an .npz array of the course's shape, made from built-in faces

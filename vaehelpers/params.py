@@ -32,12 +32,12 @@ ASSIGNMENT = {"epochs": 100, "lr": 1e-4, "batch_size": 100, "latent_dim": 20, "b
 QUICK = {"data": "builtin:6000", "epochs": 16, "lr": 1e-3, "batch_size": 50, "latent_dim": 20, "base_channels": 16}
 """The default without --data: the built-in faces, sized so that the whole report (twelve runs) fits in minutes on
 a 2-core CPU. lr 1e-3 instead of the assignment's 1e-4, which learns too little in so few epochs; batch 50, whose
-twice as many steps reconstruct better in less time than 20 epochs of batch 100 (README, "Budget and speed")."""
+twice as many steps reconstruct better in less time than 20 epochs of batch 100 (docs/speed.md, "The budget")."""
 
 QUICK_EXTRA_SEEDS = (1, 2)
 """With the quick budget, two more seeds of each of the assignment's settings (KL weights 1, 100 and 0), trained
 beside the other runs by the local executor: three seeds each, so that Welch's test of the comparisons the
-discussion makes has the degrees of freedom to show them (two seeds leave it about one; README, "Sweeps")."""
+discussion makes has the degrees of freedom to show them (two seeds leave it about one; docs/statistics.md, "Measured")."""
 
 
 def project_path(path: str | Path) -> Path:
