@@ -560,3 +560,75 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _fake_command(tmp_path: Path, monkeypatch, name: str, script: str) -> Path:
+    """A command ``name`` on PATH that runs ``script`` (sh), logging its arguments to ``<tmp>/<name>.log``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    command = bin_dir / name
+    command.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / (name + ".log")}\n{script}\n')
+    command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / (name + ".log")
+
+
+def test_the_ctrl_c_line_says_where_each_cancelled_run_goes_on(tmp_path, monkeypatch):
+    """Cancelled tasks in every state, each said as it stood before the cancel: a run with no checkpoint starts
+    over, not 'resumes from its last checkpoint'."""
+    import torch
+
+    from vaehelpers.slurm import _cancel
+
+    scancel = _fake_command(tmp_path, monkeypatch, "scancel", "exit 0")
+    folder = slurm_dir(tmp_path)
+    folder.mkdir(mode=0o700)
+
+    def task_in(state: str, epoch: int | None = None, epochs: int = 10, result=None):
+        job = _Job(folder, f"90_{len(jobs)}", "RUNNING")
+        job.paths.folder.mkdir(mode=0o700, parents=True)
+        if state != "pending":  # fit named its run folder
+            run_dir = tmp_path / "runs" / state
+            run_dir.mkdir(parents=True)
+            (job.paths.folder / f"{job.job_id}_run_folder.txt").write_text(f"{run_dir}\n")
+            (run_dir / "config.json").write_text(json.dumps({"config": {"epochs": epochs}}))
+            if epoch is not None:
+                torch.save({"epoch": epoch}, run_dir / "checkpoint.pt")
+        if result is not None:
+            write_atomic(job.paths.result_pickle, pickle.dumps(result), mode=0o600)
+        jobs.append((RunNotebook(RunSpec(float(len(jobs)), "fixed", 0, 4), tmp_path / f"{state}.ipynb", {}), job))
+
+    jobs: list = []
+    task_in("pending")
+    task_in("running", epoch=None)
+    task_in("halfway", epoch=3)
+    task_in("trained", epoch=10)
+    task_in("finished", epoch=10, result=("success", 12.0))
+    task_in("failed", epoch=2, result=("error", "Traceback ...\nvaehelpers.slurm.RunFailed: TrainingDiverged: lr"))
+    said = _cancel(jobs)
+    assert scancel.read_text().split() == ["90"]  # one scancel for the array
+    assert said == (
+        "interrupted: cancelled Slurm job 90 (6 tasks); when the command runs again, "
+        "KL weight 0, latent size 4, seed 0 had not begun training: it starts from its last checkpoint, if it has one; "
+        "KL weight 1, latent size 4, seed 0 had no checkpoint yet: it starts over; "
+        "KL weight 2, latent size 4, seed 0 resumes after epoch 3 of 10; "
+        "KL weight 3, latent size 4, seed 0 had finished training: only its notebook runs again; "
+        "KL weight 4, latent size 4, seed 0 had finished: it is reused; "
+        "KL weight 5, latent size 4, seed 0 had failed (TrainingDiverged: lr): it is trained again")
+
+
+def test_a_task_in_a_state_submitit_takes_as_an_end_is_still_asked_about(tmp_path, monkeypatch):
+    """submitit stops asking sacct about a job whose state is outside its short list of unfinished ones
+    (CONFIGURING, SUSPENDED, REQUEUE_HOLD, ...); the jobs the wait reads keep asking until the state is an end."""
+    from vaehelpers.slurm_queue import slurm_job
+
+    states = tmp_path / "states"
+    sacct = _fake_command(tmp_path, monkeypatch, "sacct", f'printf "JobID|State|NodeList\\n"; cat {states}')
+    job = slurm_job()(tmp_path / "%j", "81_0")
+    for state in ("CONFIGURING", "SUSPENDED", "REQUEUE_HOLD", "STOPPED", "COMPLETED"):
+        states.write_text(f"81_0|{state}|vm\n")
+        job.watcher.update()
+        assert job.state == state  # asked again each time, though submitit would have stopped at CONFIGURING
+    asked = len(sacct.read_text().splitlines())
+    job.watcher.update()  # COMPLETED: an end, no longer asked about (other tests' jobs in this process may be)
+    assert not [line for line in sacct.read_text().splitlines()[asked:] if "-j 81" in line] and job.state == "COMPLETED"

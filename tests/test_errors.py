@@ -54,3 +54,22 @@ def test_a_one_sentence_error_shows_as_its_name_and_sentence_and_keeps_its_base(
 
 def test_not_writable_keeps_its_errno():
     assert NotWritable(errno.EROFS, SENTENCE).errno == errno.EROFS
+
+
+def test_every_one_sentence_error_of_the_package_is_tested_above():
+    """A new subclass of the base is added to ERRORS with the base its callers catch."""
+    import importlib
+    import pkgutil
+
+    import vaehelpers
+
+    for module in pkgutil.iter_modules(vaehelpers.__path__):
+        if module.name != "__main__":
+            importlib.import_module(f"vaehelpers.{module.name}")
+    subclasses, todo = set(), [OneSentenceError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("vaehelpers.") and sub not in subclasses:
+                subclasses.add(sub)
+                todo.append(sub)
+    assert subclasses == {type(e) for e, _ in ERRORS}

@@ -181,51 +181,57 @@ def test_the_plan_counts_finished_runs_not_notebooks_to_execute(tmp_path):
                            "(2 notebooks of finished runs executed again, here or with the others) here, 2 at a time")
 
 
-def test_a_command_that_waited_for_another_ones_render_of_the_same_report_reuses_it(tmp_path, capsys):
+@pytest.mark.parametrize("case", ["same report", "the first failed", "another report", "the PDF too"])
+def test_a_command_that_waited_for_another_ones_render_of_the_same_report_reuses_it(tmp_path, capsys, monkeypatch,
+                                                                                    case):
     """Two identical commands (sharing one Slurm job array, say) end at once: the second waits for the first's
-    render into the same --out and reuses it rather than render it again beside it; another report is rendered."""
+    render into the same --out and reuses it rather than render it again beside it, exporting the PDF itself where
+    the first did not; a render that failed, or of another report, is not reused."""
     import threading
-    import time
 
     import nbformat
 
-    from vaehelpers.build import render
-    from vaehelpers.files import locked
+    from vaehelpers import build
 
     out, parameters = tmp_path / "out", {"kl_weights": [1.0, 100.0, 0.0], "runs_dir": str(tmp_path / "runs")}
     out.mkdir()
-    holding = threading.Event()
-    notebooks = tmp_path / "notebooks"  # a report notebook of one sentence: quick to execute
+    notebooks = tmp_path / "notebooks"  # a report notebook of one line: quick to execute
     notebooks.mkdir()
     nbformat.write(nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("kl_weights = runs_dir = None", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("print('rendered here with', kl_weights)")],
+        nbformat.v4.new_code_cell("print('rendered with', kl_weights)")],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}),
         notebooks / "report.ipynb")
+    executed, pdfs, rendering = [], [], threading.Event()
+    execute = build.execute_notebook
 
-    def first_command() -> None:  # renders while the second asks for the lock
-        with locked(out / ".report.lock", "the report"):
-            holding.set()
-            time.sleep(1.0)
-            nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": parameters, "exception": None}})
-            nbformat.write(nb, out / "report.ipynb")
-            (out / "report.html").write_text("<html>the first command's report</html>")
+    def counted(*args, **kwargs):  # the first command is inside the lock: the second may ask for it now
+        executed.append(kwargs["parameters"])
+        rendering.set()
+        if case == "the first failed" and len(executed) == 1:
+            raise RuntimeError("the first command's render was cut short")
+        return execute(*args, **kwargs)
 
-    thread = threading.Thread(target=first_command)
-    thread.start()
-    holding.wait()
-    written = render(out, notebooks, parameters, pdf=False)
-    thread.join()
-    assert written == {"html": out / "report.html", "pdf": None, "notebook": out / "report.ipynb"}
-    assert "another command rendered" in capsys.readouterr().out
-    assert (out / "report.html").read_text() == "<html>the first command's report</html>"
+    monkeypatch.setattr(build, "execute_notebook", counted)
+    monkeypatch.setattr(build, "export_pdf", lambda notebook, pdf: pdfs.append(pdf) or pdf.write_bytes(b"%PDF") and pdf)
+    failed = []
 
-    other = dict(parameters, kl_weights=[1.0, 100.0, 0.0, 10.0])  # not the report the first one rendered
-    holding.clear()
-    thread = threading.Thread(target=first_command)
-    thread.start()
-    holding.wait()
-    render(out, notebooks, other, pdf=False)
-    thread.join()
-    assert "another command rendered" not in capsys.readouterr().out
-    assert "rendered here with [1.0, 100.0, 0.0, 10.0]" in (out / "report.html").read_text()
+    def first_command() -> None:
+        try:
+            build.render(out, notebooks, parameters, pdf=False)
+        except RuntimeError as e:
+            failed.append(e)
+
+    first = threading.Thread(target=first_command, daemon=True)
+    first.start()
+    rendering.wait()
+    mine = dict(parameters, kl_weights=[1.0, 100.0, 0.0, 10.0]) if case == "another report" else parameters
+    written = build.render(out, notebooks, mine, pdf=case == "the PDF too")
+    first.join()
+    reused = case in ("same report", "the PDF too")
+    assert len(failed) == (case == "the first failed")
+    assert len(executed) == (1 if reused else 2), executed
+    assert ("another command rendered" in capsys.readouterr().out) == reused
+    assert written["html"] == out / "report.html" and written["pdf"] == (out / "report.pdf" if pdfs else None)
+    assert pdfs == ([out / "report.pdf"] if case == "the PDF too" else [])  # the first wrote none: the second does
+    assert f"rendered with {mine['kl_weights']}" in (out / "report.html").read_text()

@@ -8,6 +8,7 @@ imports this module; the notebooks it runs import :mod:`vaehelpers.params`, :mod
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -174,15 +175,19 @@ def render(out: Path, notebooks: Path, parameters: dict, pdf: bool) -> dict[str,
     """Execute ``report.ipynb`` into ``out`` and export it. It trains nothing (every run was trained before: a
     missing one is an error) and measures nothing a run notebook measured; after Slurm it needs no GPU.
 
-    One command renders into ``out`` at a time; one that waited for another's render of the same parameters
-    (two identical commands sharing one Slurm job array, say) reuses what that one wrote."""
+    One command renders into ``out`` at a time. One that waited for another's render of the same parameters (two
+    identical commands sharing one Slurm job array, say) reuses what that one wrote, as its stamp
+    (``.report.done``, written last) says, exporting the PDF itself where that one did not."""
     paths = {"html": out / "report.html", "pdf": out / "report.pdf", "notebook": out / "report.ipynb"}
-    asked = time.time()
+    stamp, asked = out / ".report.done", time.time()
     with locked(out / ".report.lock", f"the report in {out}") as waited:
-        if waited and _rendered_since(paths, notebooks / "report.ipynb", parameters, asked):
+        done = _rendered_since(stamp, notebooks / "report.ipynb", parameters, asked) if waited else None
+        if done is not None:
             print(f"== report: another command rendered {paths['notebook']} from the same runs while this one "
                   "waited: reused", flush=True)
-            return dict(paths, pdf=paths["pdf"] if pdf and paths["pdf"].exists() else None)
+            written = paths["pdf"] if pdf and done["pdf"] else export_pdf(paths["notebook"], paths["pdf"]) if pdf else None
+            return dict(paths, pdf=written)
+        stamp.unlink(missing_ok=True)
         print(f"== report: notebooks/report.ipynb -> {paths['notebook']}", flush=True)
         execute_notebook(notebooks / "report.ipynb", paths["notebook"], progress_bar=False, parameters=parameters)
         export_html(paths["notebook"], paths["html"])
@@ -192,21 +197,22 @@ def render(out: Path, notebooks: Path, parameters: dict, pdf: bool) -> dict[str,
             print(f"PDF not written (--no-pdf); {paths['pdf']} of an earlier build removed", flush=True)
         elif not pdf:
             print("PDF not written (--no-pdf)", flush=True)
+        write_atomic(stamp, json.dumps({"parameters": parameters, "pdf": written is not None, "at": time.time()},
+                                       default=str).encode())
     return dict(paths, pdf=written)
 
 
-def _rendered_since(paths: dict[str, Path], source: Path, parameters: dict, since: float) -> bool:
-    """Whether ``paths`` hold a report executed from the current ``source`` with ``parameters``, without error,
-    and exported, all after ``since``."""
-    import nbformat
-
+def _rendered_since(stamp: Path, source: Path, parameters: dict, since: float) -> dict | None:
+    """What the render ``stamp`` says, where a render of the current ``source`` with ``parameters`` ended after
+    ``since`` (its notebook and HTML still there); else None."""
     try:
-        if min(paths["notebook"].stat().st_mtime, paths["html"].stat().st_mtime) < max(since, source.stat().st_mtime):
-            return False
-        info = nbformat.read(paths["notebook"], as_version=4).metadata.get("papermill", {})
-    except Exception:  # missing, or cut short
-        return False
-    return info.get("parameters") == parameters and not info.get("exception")
+        done = json.loads(stamp.read_text())
+        fresh = done["at"] >= max(since, source.stat().st_mtime)
+        same = done["parameters"] == json.loads(json.dumps(parameters, default=str))
+        there = all((stamp.parent / name).exists() for name in ("report.ipynb", "report.html"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return done if fresh and same and there else None
 
 
 def decide_steps(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir: Path, threads: int,

@@ -40,7 +40,7 @@ def stopping():
 class deferred:
     """SIGINT and SIGTERM held back for the ``with`` block (where stopping half-way would lose something: a Slurm
     submission and its record): their handler (which Python always runs in the main thread) only notes them; at the
-    end the first noted stops as :func:`stopping` does."""
+    end the first noted is delivered again to the handler there was before (inside :func:`stopping`: it stops)."""
 
     def __enter__(self):
         self.noted: list[int] = []
@@ -51,4 +51,4 @@ class deferred:
         for s, handler in self.before.items():
             signal.signal(s, handler)
         if self.noted:
-            _stop(self.noted[0], None)
+            signal.raise_signal(self.noted[0])

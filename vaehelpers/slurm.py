@@ -20,11 +20,11 @@ from .cache import default_cache_dir
 from .execute import end_descendants, error_text, execute_run
 from .files import locked, write_atomic
 from .signals import deferred, stopping
-from .slurm_queue import IN_FLIGHT, RunFailed, duration_text, lost, preempted_for_good, slurm_job, wait_for
+from .slurm_queue import IN_FLIGHT, RunFailed, duration_text, lost, preempted_for_good, slurm_job, task_error, wait_for
 from .slurm_record import adopt_old_record, done_with_old_record, read_record, run_key, write_record
 from .sweep import RunNotebook
 from .train import RUN_FOLDER_FILE
-from .trust import check_trusted, make_private
+from .trust import Untrusted, check_trusted, make_private, read_trusted
 
 @dataclass
 class SlurmOptions:
@@ -104,7 +104,8 @@ class RunTask(_Checkpointable):  # type: ignore[misc,valid-type]
         timed_out = time.time() - psutil.Process().create_time() >= min(0.8 * limit, limit - 600)
         found, epochs = _last_checkpoint(os.environ.get(RUN_FOLDER_FILE))
         epoch = found or 0  # None: no run folder named yet (the slice ended loading the data, say)
-        resumes = f"after epoch {epoch} of {epochs}" if epoch else "from its last checkpoint, if any"
+        resumes = (f"after epoch {epoch} of {epochs}" if epoch else "from the start: it has no checkpoint yet"
+                   if found == 0 else "from its last checkpoint, if any")
         stalled = self.stalled + 1 if found is None or found <= self.last_epoch else 0
         if timed_out and stalled >= 2:  # one slice may go to the speed probe, or to measuring a finished run
             self.refused = (f"{task.name} reached its time limit of {self.time_min} min twice in a row without "
@@ -141,13 +142,13 @@ def _last_checkpoint(named_in: str | None) -> tuple[int | None, int | None]:
     from .store import read_json, read_pt
 
     try:
-        run_dir = Path(Path(named_in).read_text().strip()) if named_in else None
+        run_dir = Path(read_trusted(Path(named_in)).decode().strip()) if named_in else None
         if run_dir is None:
             return None, None
         if not (run_dir / "checkpoint.pt").exists():
             return 0, None
         return int(read_pt(run_dir / "checkpoint.pt")["epoch"]), int(read_json(run_dir / "config.json")["config"]["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, Untrusted):
         return None, None
 
 
@@ -270,10 +271,11 @@ def _say_submitted(submitted: list[tuple[RunNotebook, object]], runs_dir: Path) 
 
 
 def _cancel(submitted: list[tuple[RunNotebook, object]], why: str = "interrupted") -> str:
-    """Cancel every task of ``submitted`` with one scancel call; what was cancelled and where each run resumes
-    when the command runs again, in one line."""
+    """Cancel every task of ``submitted`` with one scancel call; what was cancelled and where each run goes on when
+    the command runs again (read before the cancel: a cancelled task writes its own end), in one line."""
     if not submitted:
         return f"{why}: nothing this call submitted was running (tasks another command submitted go on)"
+    goes_on = [f"{task.spec.label} {_goes_on(job)}" for task, job in submitted]
     arrays = sorted({job.job_id.split("_")[0] for _, job in submitted})
     try:
         done = subprocess.run(["scancel", *arrays], capture_output=True, text=True, timeout=60)
@@ -284,16 +286,23 @@ def _cancel(submitted: list[tuple[RunNotebook, object]], why: str = "interrupted
         return (f"{why}: scancel {' '.join(arrays)} failed ({failed}): cancel those jobs yourself (`scancel "
                 + " ".join(arrays) + "`)")
     return (f"{why}: cancelled Slurm job {', '.join(arrays)} ({len(submitted)} tasks); when the command runs again, "
-            + "; ".join(f"{task.spec.label} {_resumes(job)}" for task, job in submitted))
+            + "; ".join(goes_on))
 
 
-def _resumes(job) -> str:
-    """Where the run of a cancelled task goes on, from the run folder its task named (:data:`RUN_FOLDER_FILE`)."""
+def _goes_on(job) -> str:
+    """Where the run of a task about to be cancelled goes on: its result, or the last checkpoint of the run folder
+    its task named (:data:`RUN_FOLDER_FILE`)."""
     if job.paths.result_pickle.exists():
-        return "has ended (finished, or failed with its error said above)"
+        try:
+            error = task_error(job, "ENDED", patience_s=0)
+        except Untrusted as e:
+            return f"has ended ({e})"
+        return "had finished: it is reused" if error is None else f"had failed ({error}): it is trained again"
     epoch, epochs = _last_checkpoint(str(job.paths.folder / f"{job.job_id}_run_folder.txt"))
     if epoch is None:
         return "had not begun training: it starts from its last checkpoint, if it has one"
     if epoch == 0:
         return "had no checkpoint yet: it starts over"
+    if epochs and epoch >= epochs:
+        return "had finished training: only its notebook runs again"
     return f"resumes after epoch {epoch}" + (f" of {epochs}" if epochs else "")

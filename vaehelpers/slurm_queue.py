@@ -18,7 +18,7 @@ class RunFailed(RuntimeError):
 
 
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
-             "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
+             "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 """Slurm job states in which a task may still finish its run: those submitit counts as unfinished (PREEMPTED
 included: submitit requeues a preempted Checkpointable task), and Slurm's other states of a job not yet ended.
 UNKNOWN, a job sacct does not list, is in flight only for ``SlurmOptions.lost_after_s`` after its submission."""
