@@ -118,4 +118,4 @@ picture: $(VENV)/.installed
 	$(PY) scripts/picture.py runs docs/three-settings.png
 
 clean:
-	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf test-artifacts
+	rm -rf runs reports/*.ipynb reports/*.html reports/*.pdf reports/.report.* test-artifacts

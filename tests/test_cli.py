@@ -14,7 +14,8 @@ pytestmark = pytest.mark.xdist_group("built")  # on the worker that makes confte
 
 
 def test_executed_notebooks_and_html_are_written(built):
-    names = sorted(p.name for p in built.iterdir())
+    names = sorted(p.name for p in built.iterdir() if not p.name.startswith("."))  # .report.lock, .report.done
+    assert (built / ".report.done").exists()  # written last: the render ended
     assert names[:2] == ["report.html", "report.ipynb"] and {"run-kl1.ipynb", "run-kl100.ipynb", "run-kl0.ipynb"} <= set(names)
 
 
