@@ -39,16 +39,23 @@ venv: $(VENV)/.installed
 ACTIVE_ENV_NOTE = Note: make builds its own $(VENV) from the lock and does not use the active environment $(ACTIVE_ENV); \
 	to use that one instead, keeping its torch: pip install -e '.[notebooks]', then python -m vaehelpers report (docs/install.md).
 ACTIVE_ENV := $(if $(VIRTUAL_ENV),$(filter-out $(abspath $(VENV)),$(abspath $(VIRTUAL_ENV))),$(if $(filter-out base,$(CONDA_DEFAULT_ENV)),$(CONDA_PREFIX)))
+# Where none is active, the Python that makes $(VENV) may have PyTorch already (Colab, a JupyterHub image, conda's
+# base): its prefix, said the same way (looked up only where $(VENV) is built).
+TORCH_ENV = $(shell $(PYTHON) -c "import importlib.util as u, os, sys; r = os.path.realpath; print(sys.prefix if u.find_spec('torch') and r(sys.prefix) != r('$(VENV)') else '')" 2>/dev/null)
+TORCH_ENV_NOTE = Note: make builds its own $(VENV) from the lock beside $(TORCH_ENV), whose $(PYTHON) already has PyTorch; \
+	to use that one instead, keeping its torch: pip install -e '.[notebooks]', then python -m vaehelpers report (docs/install.md).
+ENV_NOTE = $(if $(ACTIVE_ENV),@echo "$(ACTIVE_ENV_NOTE)",$(if $(TORCH_ENV),@echo "$(TORCH_ENV_NOTE)"))
 
 # The locked packages, then the project itself without dependencies; pip check proves the lock complete.
 # In a git checkout, nbstripout becomes the notebooks' git filter, so outputs are never committed.
 $(VENV)/.installed: pyproject.toml $(LOCK)
-	$(if $(ACTIVE_ENV),@echo "$(ACTIVE_ENV_NOTE)")
+	$(ENV_NOTE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r $(LOCK)
 	$(PY) -m pip install --no-deps -e .
 	$(PY) -m pip check
 	if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install --attributes .gitattributes; fi
+	$(ENV_NOTE)
 	touch $@
 
 # Refresh the lock after editing pyproject.toml: keeps the versions already locked, adds what is new;

@@ -6,7 +6,8 @@ For KL weights 1, 100 and 0 (the assignment's fixed decoder variance), one colum
 their reconstructions at the last epoch, and samples decoded from the prior p(z) = N(0, I). Everything shown is
 what the runs stored (their snapshots), drawn with the package's own grid; nothing is trained or decoded here.
 Of several runs of a setting (seeds, latent sizes, other reports), it takes the group of runs that share every
-other setting and has all three, preferring the longest training, then the first seed.
+other setting and has all three, preferring the longest training, then the first seed. Only runs on the built-in
+faces are drawn unless --any-data is given: a data set of your own may not be yours to publish in docs/.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ WEIGHTS = (1.0, 100.0, 0.0)
 SHOWN = 6  # images a row
 
 
-def three_runs(runs_dir: Path) -> list:
-    """The finished runs of KL weights 1, 100 and 0 (fixed likelihood) that share every other setting."""
+def three_runs(runs_dir: Path, any_data: bool = False) -> list:
+    """The finished runs of KL weights 1, 100 and 0 (fixed likelihood) that share every other setting, on the
+    built-in faces unless ``any_data``."""
+    if not runs_dir.is_dir():
+        raise SystemExit(f"{runs_dir} is not a runs folder: run `make report` first (it trains into runs/), or give "
+                         "the runs folder to draw from.")
     groups: dict[tuple, dict] = {}
     for folder in sorted(p for p in runs_dir.iterdir() if (p / "checkpoint.pt").exists()):
         try:
@@ -39,6 +44,8 @@ def three_runs(runs_dir: Path) -> list:
             continue
         if not run.finished or run.config.likelihood != "fixed" or run.config.kl_weight not in WEIGHTS:
             continue
+        if not any_data and not run.config.data.startswith("builtin"):
+            continue
         shared = asdict(run.config)
         for name in ("kl_weight", "precision", "snapshot_epochs"):
             shared.pop(name)
@@ -46,8 +53,11 @@ def three_runs(runs_dir: Path) -> list:
         groups.setdefault(key, {}).setdefault(run.config.kl_weight, run)
     complete = [g for g in groups.values() if len(g) == len(WEIGHTS)]
     if not complete:
-        raise SystemExit(f"{runs_dir} holds no finished runs of KL weights 1, 100 and 0 with the same other settings: "
-                         "run `make report` first (it trains them into runs/).")
+        found = sorted({w for g in groups.values() for w in g}, reverse=True)
+        raise SystemExit(f"{runs_dir} holds no finished runs of KL weights 1, 100 and 0 with the same other settings"
+                         + (f" (only of weight {', '.join(f'{w:g}' for w in found)})" if found else "")
+                         + ("" if any_data else " on the built-in faces") + ": run `make report` first (it trains them "
+                         "into runs/).")
     best = max(complete, key=lambda g: (g[1.0].config.epochs, -g[1.0].config.seed))
     return [best[w] for w in WEIGHTS]
 
@@ -73,7 +83,7 @@ def picture(runs: list) -> Figure:
     axes[1, 0].set_ylabel("samples\nfrom p(z)", fontsize=10)
     first = runs[0].config
     fig.suptitle(f"Validation images reconstructed, and prior samples, after {first.epochs} epochs "
-                 f"({first.data}, latent size {first.latent_dim})", fontsize=11)
+                 f"({Path(first.data).name}, latent size {first.latent_dim})", fontsize=11)
     return fig
 
 
@@ -91,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs_dir", nargs="?", default="runs", type=Path)
     parser.add_argument("out", nargs="?", default="docs/three-settings.png", type=Path)
+    parser.add_argument("--any-data", action="store_true",
+                        help="also runs on data other than the built-in faces (not yours to publish, perhaps)")
     args = parser.parse_args(argv)
-    runs = three_runs(args.runs_dir)
+    runs = three_runs(args.runs_dir, args.any_data)
     size = save_small(picture(runs), args.out)
     print(f"{args.out}: {size / 1000:.0f} kB, from " + ", ".join(r.dir.name for r in runs))
     return 0

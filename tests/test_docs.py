@@ -209,13 +209,14 @@ def test_the_link_check_fails_on_a_broken_link_and_a_broken_anchor(tmp_path):
     assert "the-cach" not in {_slug(h) for h in re.findall(r"^#+ (.+)$", _text(ROOT / "docs" / "data.md"), re.M)}
 
 
-def _planned_sweep(monkeypatch) -> Sweep:
-    """The sweep `make report` (no DATA) plans: the command line `make -n report` prints, run up to the point where
-    the report's sweep is made, and stopped there."""
-    printed = subprocess.run(["make", "-n", "-o", ".venv/.installed", "report"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.replace("\\\n", " ")  # the recipe's continued lines
-    line = next(line for line in printed.splitlines() if "-m vaehelpers report" in line)
-    args = shlex.split(line.split("-m vaehelpers ", 1)[1])
+def _planned_sweep(monkeypatch, command: str = "make report") -> Sweep:
+    """The sweep a documented command plans: ``make report [VAR=value ...]`` as `make -n` prints it, or
+    ``python -m vaehelpers report ...``, run up to the point where the report's sweep is made, and stopped there."""
+    if command.startswith("make "):
+        printed = subprocess.run(["make", "-n", "-o", ".venv/.installed", *shlex.split(command)[1:]], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+        command = next(line for line in printed.splitlines() if "-m vaehelpers report" in line)
+    args = shlex.split(command.split("-m vaehelpers ", 1)[1])
 
     class Planned(Exception):
         pass
@@ -227,10 +228,31 @@ def _planned_sweep(monkeypatch) -> Sweep:
         made.append(of(cls, *a, **k)[0])
         raise Planned
 
-    monkeypatch.setattr(Sweep, "of", classmethod(planned))
-    with pytest.raises(Planned):
-        main(args)
+    with monkeypatch.context() as patch:
+        patch.setattr(Sweep, "of", classmethod(planned))
+        with pytest.raises(Planned):
+            main(args)
     return made[0]
+
+
+def test_the_runs_a_documented_command_is_said_to_train_are_the_runs_it_plans(monkeypatch):
+    """`make report DATA=... # 6 runs` in a code block, or "(36 here)" after it: planned as the command line would."""
+    checked = []
+    for page in PAGES:
+        for block, after in re.findall(r"```bash\n(.*?)```\n+([^\n]*)", _text(page), re.S):
+            commands = [c for c in block.replace("\\\n", " ").splitlines()
+                        if re.match(r"\s*(make report|\S*python -m vaehelpers report)\b", c)]
+            for command in commands:
+                said = re.search(r"#\s*(\d+) runs\b", command)
+                if said:
+                    checked.append((_name(page), command.split("#")[0].strip(), int(said.group(1))))
+            here = re.search(r"\((\d+) here\)", after)
+            if here and commands:
+                checked.append((_name(page), commands[-1].split("#")[0].strip(), int(here.group(1))))
+    assert len(checked) >= 3, checked  # the README's default report, its own data, its Slurm sweep
+    wrong = [(page, command, said, len(_planned_sweep(monkeypatch, command).runs()))
+             for page, command, said in checked if said != len(_planned_sweep(monkeypatch, command).runs())]
+    assert not wrong, wrong
 
 
 def test_the_runs_the_pages_say_the_default_report_trains_are_the_runs_it_plans(monkeypatch):
@@ -287,6 +309,9 @@ def test_the_code_points_only_to_readme_sections_and_pages_that_exist():
                      re.findall(r"README, \\?\"([^\"\\]+)\\?\"", text) if quoted not in readme]
         problems += [f"{source.name}: {page} does not exist" for page in re.findall(r"\bdocs/[\w-]+\.md\b", text)
                      if not (ROOT / page).exists() and page not in PENDING]
+        problems += [f"{source.name}: {page} has no heading {heading!r}" for page, heading in
+                     re.findall(r"\b(docs/[\w-]+\.md), \\?\"([^\"\\]+)\\?\"", text) if (ROOT / page).exists()
+                     and heading not in re.findall(r"^#+ +(.+?) *$", (ROOT / page).read_text(), re.M)]
     assert not problems, "\n".join(problems)
 
 
@@ -312,3 +337,10 @@ def test_the_picture_is_drawn_from_a_reports_runs(built, tmp_path, capsys):
     assert image.width > 3 * image.height and 0 < out.stat().st_size < 300_000
     with pytest.raises(SystemExit, match="no finished runs of KL weights 1, 100 and 0"):
         picture.main([str(tmp_path), str(tmp_path / "none.png")])
+    with pytest.raises(SystemExit, match=r"is not a runs folder: run `make report` first"):  # a fresh clone's
+        picture.main([str(tmp_path / "runs-never-made"), str(tmp_path / "none.png")])
+    for folder in runs.glob("*_kl100_*"):
+        folder.unlink()
+    with pytest.raises(SystemExit, match=r"\(only of weight 1, 0\) on the built-in faces"):  # says what is missing
+        picture.main([str(runs), str(tmp_path / "none.png")])
+    assert not (tmp_path / "none.png").exists()

@@ -163,15 +163,21 @@ def test_pip_plans_the_notebook_stack_around_a_torch_that_is_there_alone(tmp_pat
     ({"CONDA_PREFIX": "/opt/conda", "CONDA_DEFAULT_ENV": "base"}, None),  # conda's own, active in many shells
     ({"VIRTUAL_ENV": str(ROOT / ".venv")}, None),  # the project's own, activated
     ({}, None),  # a clean shell, as CI's
+    ({"PYTHON": sys.executable, "VENV": "/tmp/another-venv"}, sys.prefix),  # none active, but a Python with torch
 ])
 def test_make_says_in_one_line_that_it_builds_its_own_venv_beside_an_active_environment(active, named):
+    """Said before the build and again after it, as pip's log scrolls the first away."""
     variables = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV")}
-    printed = subprocess.run(["make", "-n", "-B", "venv"], cwd=ROOT, env=dict(variables, **active), capture_output=True,
-                             text=True, check=True).stdout  # -n: what it would run; -B: as if .venv were stale
+    active = dict(active)
+    settings = [f"{k}={active.pop(k)}" for k in ("PYTHON", "VENV") if k in active]
+    printed = subprocess.run(["make", "-n", "-B", "venv", *settings], cwd=ROOT, env=dict(variables, **active),
+                             capture_output=True, text=True, check=True).stdout  # -n: what it would run; -B: stale
     notes = [line for line in printed.splitlines() if "Note:" in line]
     if named is None:
         assert not notes, notes
     else:
-        assert len(notes) == 1 and f"active environment {named};" in notes[0] and INSTALL in notes[0], notes
+        assert len(notes) == 2 and notes[0] == notes[1] and INSTALL in notes[0], notes
+        assert (f"active environment {named};" in notes[0] if not settings else
+                f"beside {named}, whose {sys.executable} already has PyTorch;" in notes[0]), notes
         assert "python -m vaehelpers report" in notes[0] and "docs/install.md" in notes[0]
-    assert "-m venv .venv" in printed  # it builds .venv all the same
+    assert "-m venv " in printed  # it builds its own all the same

@@ -72,8 +72,8 @@ def resolve_device(device: str = "auto") -> torch.device:
             wheel = (f"PyTorch {torch.__version__} is built for CUDA {torch.version.cuda}" if torch.version.cuda
                      else f"PyTorch {torch.__version__} is a CPU build")
             wheel_at_fault = not torch.version.cuda or any(w in reason.lower() for w in ("too old", "insufficient"))
-            fix = ("install a PyTorch build for this driver (README, \"A GPU PyTorch cannot use\")" if wheel_at_fault
-                   else "where the driver is older than the wheel's CUDA needs, install a PyTorch build for it (README, "
+            fix = ("install a PyTorch build for this driver (docs/gpu.md, \"A GPU PyTorch cannot use\")" if wheel_at_fault
+                   else "where the driver is older than the wheel's CUDA needs, install a PyTorch build for it (docs/gpu.md, "
                         "\"A GPU PyTorch cannot use\"); where this process may not use the GPU (a job given none), "
                         "ask for one")
             raise GPUUnusable(f"device 'auto' found NVIDIA driver {driver} but PyTorch cannot use its GPU ({wheel}; "
