@@ -74,7 +74,8 @@ class Training:
 
 
 def build_report(sweep: Sweep, settings: dict, training: Training | None = None, out_dir: str | Path = "reports",
-                 runs_dir: str | Path = "runs", pdf: bool = True, notebooks: Path = NOTEBOOKS) -> dict[str, Path | None] | None:
+                 runs_dir: str | Path = "runs", pdf: bool = True,
+                 notebooks: Path = NOTEBOOKS) -> dict[str, Path | None] | None:
     """Train the sweep's runs (``run.ipynb`` once per run, as ``training`` says), execute ``report.ipynb``, export
     HTML and, with ``pdf`` and where LaTeX is installed, PDF.
 
@@ -104,8 +105,8 @@ def build_report(sweep: Sweep, settings: dict, training: Training | None = None,
     common = dict(settings, device=training.on_task, runs_dir=str(runs_path))
     common.update({} if training.checkpoint_every is None else {"checkpoint_every": float(training.checkpoint_every)})
     tasks = [RunNotebook(spec, out / sweep.notebook_name(spec),
-                  dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
-                       latent_dim=spec.latent_dim, **_passed(spec, choices, training)), notebooks / "run.ipynb")
+                         dict(common, kl_weight=spec.kl_weight, likelihood=spec.likelihood, seed=spec.seed,
+                              latent_dim=spec.latent_dim, **_passed(spec, choices, training)), notebooks / "run.ipynb")
              for spec in specs]
     if len({c.precision for c in choices.values()}) == 1:  # the report finds the runs in the precision decided
         common["precision"] = choices[specs[0]].precision
@@ -185,7 +186,7 @@ def render(out: Path, notebooks: Path, parameters: dict, pdf: bool) -> dict[str,
         if done is not None:
             print(f"== report: another command rendered {paths['notebook']} from the same runs while this one "
                   "waited: reused", flush=True)
-            written = paths["pdf"] if pdf and done["pdf"] else export_pdf(paths["notebook"], paths["pdf"]) if pdf else None
+            written = None if not pdf else paths["pdf"] if done["pdf"] else export_pdf(paths["notebook"], paths["pdf"])
             return dict(paths, pdf=written)
         stamp.unlink(missing_ok=True)
         print(f"== report: notebooks/report.ipynb -> {paths['notebook']}", flush=True)
@@ -228,8 +229,8 @@ def decide_steps(configs: dict[RunSpec, RunConfig], dev: torch.device, runs_dir:
         torch.set_num_threads(previous)
 
 
-def plan(sweep: Sweep, tasks: list[RunNotebook], todo: list[RunNotebook], cfg: RunConfig, executor: Executor, workers: int,
-         threads: int, dev: torch.device, choice: Choice | None = None, training: int | None = None) -> str:
+def plan(sweep: Sweep, tasks: list[RunNotebook], todo: list[RunNotebook], cfg: RunConfig, executor: Executor,
+         workers: int, threads: int, dev: torch.device, choice: Choice | None = None, training: int | None = None) -> str:
     """What a sweep will do, before it does it: its runs, how many are finished, how they train (``choice``, the
     decision the runs get) and how long the others take at the rate measured here. ``training``: how many of the
     ``todo`` notebooks have a run to train (default all); the others only execute again for a finished run."""

@@ -61,7 +61,8 @@ def show_notebook_output(prefix: str = "") -> None:
 
 
 
-def execute_run(task: RunNotebook, prefix: str = "", threads: int | None = None, kernel_ignores: tuple[int, ...] = ()) -> float:
+def execute_run(task: RunNotebook, prefix: str = "", threads: int | None = None,
+                kernel_ignores: tuple[int, ...] = ()) -> float:
     """Execute ``run.ipynb`` for one task (its kernel with ``threads`` CPU threads, ignoring the signals
     ``kernel_ignores``); returns the seconds it took. A failed notebook raises papermill's
     ``PapermillExecutionError``, whose ``evalue`` is the run's error."""

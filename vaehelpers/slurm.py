@@ -196,7 +196,8 @@ def run_slurm(tasks: list[RunNotebook], runs_dir: Path, options: SlurmOptions) -
             raise
 
 
-def _in_slurm_already(folder: Path, tasks: list[RunNotebook], record: dict[str, dict], lost_after_s: float) -> dict[str, tuple]:
+def _in_slurm_already(folder: Path, tasks: list[RunNotebook], record: dict[str, dict],
+                      lost_after_s: float) -> dict[str, tuple]:
     """The tasks the record names whose Slurm job may still train their run: waited on rather than trained twice.
     Said in one line, with when each was submitted (an earlier command's, or one started beside this one)."""
     jobs = {}
